@@ -1,0 +1,83 @@
+"""Command line of the benchmarks.
+
+``python -m summarymixing.benchmark [cell|encoder|all] [--device cpu|cuda] [--size ...]``
+measures one mixing layer and/or a whole Conformer encoder (forward + backward, peak memory)
+for SummaryMixing, SpeechBrain's regularMHA and PyTorch SDPA attention, prints a table and writes
+``<out>/<level>_<device>_<size>.csv`` and ``.png``.
+
+``python -m summarymixing.benchmark pretrain ...`` benchmarks a full wav2vec 2.0 pre-training
+step (see ``summarymixing.benchmark.pretrain``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from summarymixing.benchmark.layers import SIZES, run, summarise
+from summarymixing.benchmark.measure import (
+    format_table,
+    pin_cpu_allocator,
+    plot_time_and_memory,
+    write_csv,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LENGTHS = [250, 500, 1000, 2000, 4000]
+QUICK_LENGTHS = [250, 500, 1000]
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """Arguments of the cell / encoder benchmark."""
+    parser = argparse.ArgumentParser(prog="python -m summarymixing.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("level", nargs="?", default="all", choices=["cell", "encoder", "all"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--size", choices=sorted(SIZES), default=None,
+                        help="model dimensions (default: paper on CUDA, small on CPU)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help=f"numbers of frames (default {DEFAULT_LENGTHS})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"lengths {QUICK_LENGTHS} and one repeat: a first look")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per point (median)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark named on the command line."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if argv[:1] == ["pretrain"]:
+        from summarymixing.benchmark import pretrain
+
+        pretrain.main(argv[1:])
+        return
+    arguments = parse_arguments(argv)
+    device = torch.device(arguments.device)
+    size = arguments.size or ("paper" if device.type == "cuda" else "small")
+    lengths = arguments.lengths or (QUICK_LENGTHS if arguments.quick else DEFAULT_LENGTHS)
+    repeats = 1 if arguments.quick else arguments.repeats
+    if device.type == "cpu":
+        pin_cpu_allocator()
+    levels = ["cell", "encoder"] if arguments.level == "all" else [arguments.level]
+    for level in levels:
+        rows = run(level, size, lengths, device, repeats, arguments.batch_size)
+        stem = arguments.out / f"{level}_{device.type}_{size}"
+        write_csv(rows, stem.with_suffix(".csv"))
+        title = f"{level} ({size}: {SIZES[size]}), forward+backward, {device.type}"
+        plot_time_and_memory(rows, "frames", "frames (T)", title, stem.with_suffix(".png"))
+        print(f"\n## {title}\n")
+        print(format_table(rows, ["model", "frames", "seconds", "peak_mib"]))
+        print("\n".join(["", *summarise(rows)]))
+        print(f"\nwrote {stem}.csv and {stem}.png")
+
+
+if __name__ == "__main__":
+    main()

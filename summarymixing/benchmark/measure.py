@@ -1,0 +1,199 @@
+"""Timing, peak-memory measurement and reporting (table, CSV, PNG) shared by the benchmarks.
+
+Peak memory is the growth of memory during one step above what was held before it:
+``torch.cuda.max_memory_allocated`` on CUDA; on CPU, the process's peak resident set size
+(Linux ``VmHWM``, reset through ``/proc/self/clear_refs``), with glibc's ``mmap`` threshold pinned
+so that freed tensors go back to the system instead of staying in the heap.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import logging
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 64 * 1024
+
+
+def pin_cpu_allocator() -> None:
+    """Make glibc serve every allocation above 64 KiB with ``mmap`` (returned on free), so the
+    resident set size follows the live tensors. A no-op where glibc is not the allocator."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        logger.warning("could not pin glibc's mmap threshold: CPU peak memory is approximate")
+
+
+def _read_status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def peak_memory_of(step: Callable[[], None], device: torch.device) -> float:
+    """Bytes by which one call of ``step`` raised the peak memory above its starting level
+    (NaN where the platform does not tell).
+
+    Example
+    -------
+    >>> peak = peak_memory_of(lambda: torch.ones(1 << 22).sum(), torch.device("cpu"))
+    >>> peak > 0 or math.isnan(peak)
+    True
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - start)
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets VmHWM to the current resident set size
+        start_kib = _read_status_kib("VmRSS")
+    except OSError:
+        return math.nan
+    step()
+    return float(_read_status_kib("VmHWM") - start_kib) * 1024
+
+
+def seconds_of(step: Callable[[], None], device: torch.device) -> float:
+    """Wall-clock seconds of one call of ``step`` (synchronised on CUDA).
+
+    Example
+    -------
+    >>> seconds_of(lambda: None, torch.device("cpu")) >= 0
+    True
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure_side_by_side(
+    steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int = 1
+) -> dict[str, dict[str, float]]:
+    """Median time and peak memory of each step, the steps interleaved round-robin so that
+    machine noise hits them alike.
+
+    Returns ``{name: {"seconds": median, "peak_bytes": peak}}``.
+
+    Example
+    -------
+    >>> result = measure_side_by_side({"a": lambda: None}, torch.device("cpu"), repeats=2)
+    >>> sorted(result["a"])
+    ['peak_bytes', 'seconds']
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(seconds_of(step, device))
+    return {
+        name: {
+            "seconds": statistics.median(times[name]),
+            "peak_bytes": peak_memory_of(step, device),
+        }
+        for name, step in steps.items()
+    }
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A plain-text table (Markdown pipe syntax) of ``rows`` restricted to ``columns``.
+
+    Example
+    -------
+    >>> print(format_table([{"a": 1, "b": 0.5}], ["a", "b"]))
+    | a | b |
+    |---|---|
+    | 1 | 0.5 |
+    """
+
+    def cell(value: object) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row[column]) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    """Write ``rows`` (same keys each) to ``path`` atomically (temporary file, then rename).
+
+    Example
+    -------
+    >>> out = Path(tempfile.mkdtemp()) / "rows.csv"
+    >>> write_csv([{"frames": 250, "seconds": 0.1}], out)
+    >>> out.read_text().splitlines()[0]
+    'frames,seconds'
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def plot_time_and_memory(
+    rows: Sequence[dict], x_key: str, x_label: str, title: str, path: Path
+) -> None:
+    """Two log-log panels, seconds and peak MiB against ``x_key``, one line per ``model``.
+
+    Example
+    -------
+    >>> rows = [{"model": "m", "frames": t, "seconds": t / 1e3, "peak_mib": t / 10}
+    ...         for t in (250, 500)]
+    >>> out = Path(tempfile.mkdtemp()) / "plot.png"
+    >>> plot_time_and_memory(rows, "frames", "frames", "demo", out)
+    >>> out.stat().st_size > 0
+    True
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for model in dict.fromkeys(row["model"] for row in rows):
+        mine = [row for row in rows if row["model"] == model]
+        xs = [row[x_key] for row in mine]
+        time_axis.plot(xs, [row["seconds"] for row in mine], marker="o", label=model)
+        memory_axis.plot(xs, [row["peak_mib"] for row in mine], marker="o", label=model)
+    for axis, label in ((time_axis, "seconds per step"), (memory_axis, "peak memory (MiB)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel(x_label)
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
