@@ -148,7 +148,8 @@ class SummaryMixing(nn.Module):
     dropout : float
         Dropout after every hidden activation of the branches.
     use_layernorm : bool
-        Apply a layer norm to the outputs of the local and summary branches.
+        Apply a layer norm to the local branch's output and to the summary vector (after the
+        mean, as the reference implementation does).
 
     Example
     -------
@@ -270,11 +271,10 @@ class SummaryMixing(nn.Module):
         else:
             summary_frames = self.summary_proj(query)  # (B, T, S)
             local = self.local_proj(query) if self.mode == "SummaryMixing" else None
-        if self.use_layernorm:
-            summary_frames = self.summary_norm(summary_frames)
-            local = self.local_norm(local) if local is not None else None
-
         summary = masked_mean(summary_frames, padding, summary_weights)  # (B, 1 or T, S)
+        if self.use_layernorm:
+            summary = self.summary_norm(summary)
+            local = self.local_norm(local) if local is not None else None
         if local is None:
             return summary.expand(batch, time, self.summary_out_dim), None
 

@@ -32,10 +32,10 @@ def naive_summary_mixing(cell: SummaryMixing, x: torch.Tensor, length: int) -> t
     else:
         summary = naive_mlp(cell.summary_proj, x)
         local = naive_mlp(cell.local_proj, x) if cell.mode == "SummaryMixing" else None
-    if cell.use_layernorm:
-        summary = cell.summary_norm(summary)
-        local = cell.local_norm(local) if local is not None else None
     summary_mean = sum(summary[t] for t in range(length)) / length
+    if cell.use_layernorm:
+        summary_mean = cell.summary_norm(summary_mean)
+        local = cell.local_norm(local) if local is not None else None
     if local is None:
         return torch.stack([summary_mean for _ in range(length)])
     rows = []
@@ -112,9 +112,9 @@ def test_chunked_summary_mask_matches_per_chunk_means():
     chunk_id = torch.arange(time) // chunk
     excluded = chunk_id[:, None] != chunk_id[None, :]  # (T, T), True = not in my chunk
     out, _ = cell(x, attn_mask=excluded)
-    summary = cell.summary_norm(cell.summary_proj(x))  # (B, T, S)
+    summary = cell.summary_proj(x)  # (B, T, S)
     for start in range(0, time, chunk):
-        expected = summary[:, start : start + chunk].mean(dim=1, keepdim=True)
+        expected = cell.summary_norm(summary[:, start : start + chunk].mean(dim=1, keepdim=True))
         torch.testing.assert_close(out[:, start : start + chunk], expected.expand_as(
             out[:, start : start + chunk]))
 
