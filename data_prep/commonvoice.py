@@ -1,0 +1,230 @@
+"""CommonVoice Welsh ASR manifests (train.csv, valid.csv, test.csv from train/dev/test.tsv).
+
+The split TSVs are read with quoting disabled and their columns looked up by header name, so every
+release's header works. Transcripts go through :func:`normalize_welsh`; rows whose transcript is
+empty after normalisation or whose clip is longer than ``max_duration`` are dropped, with a logged
+count. Durations come from ``clip_durations.tsv`` when the release has it (and lists the clip),
+otherwise from the audio. With ``convert_to_wav`` every kept clip is resampled once to a 16 kHz
+WAV cache under ``<save_folder>/wav16k`` and ``wav`` points there; otherwise ``wav`` is the mp3
+and :func:`summarymixing.audio.read_audio` resamples at load time.
+
+Columns: ``ID,duration,wav,spk_id,wrd``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import re
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+
+import soundfile as sf
+from tqdm import tqdm
+
+from data_prep.common import (
+    PARALLEL_THRESHOLD,
+    POOL_CONTEXT,
+    DataPrepError,
+    audio_frames,
+    require_dir,
+    require_file,
+    run_once,
+    utf8_lines,
+    where,
+    write_csv,
+)
+from summarymixing.audio import AudioReadError, read_audio
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ["ID", "duration", "wav", "spk_id", "wrd"]
+SPLITS = {"train": "train.tsv", "valid": "dev.tsv", "test": "test.tsv"}
+WAV_RATE = 16000
+
+# Welsh vowels with circumflex, diaeresis, acute and grave (lower case), besides a-z.
+WELSH_ACCENTED = "âêîôûŵŷäëïöüẅÿáéíóúẃýàèìòùẁỳ"
+_LETTER = f"a-z0-9{WELSH_ACCENTED}"
+_APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "ʼ": "'", "`": "'"})
+_NOT_KEPT = re.compile(f"[^{_LETTER}' ]")
+_LOOSE_APOSTROPHE = re.compile(f"(?<![{_LETTER}])'|'(?![{_LETTER}])")
+
+
+def normalize_welsh(text: str) -> str:
+    """Lower-case a Welsh transcript, keeping its letters and word-internal apostrophes.
+
+    All Welsh letters (including the circumflex, diaeresis, acute and grave vowels) and digits are
+    kept; apostrophes are kept only inside words (``i'r``, ``mae'n``); every other character
+    becomes a space, and runs of spaces collapse.
+
+    Example
+    -------
+    >>> normalize_welsh('Dywedodd hi, "Croeso i Gymru!"')
+    'dywedodd hi croeso i gymru'
+    >>> normalize_welsh("Mae'r ŴYL yn Nhŷ'r Cyffredin — 'Hen Wlad'…")
+    "mae'r ŵyl yn nhŷ'r cyffredin hen wlad"
+    """
+    text = unicodedata.normalize("NFC", text).lower().translate(_APOSTROPHES)
+    text = _LOOSE_APOSTROPHE.sub(" ", _NOT_KEPT.sub(" ", text))
+    return " ".join(text.split())
+
+
+def _tsv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line_no, row)`` of a CommonVoice TSV, checking columns by header name."""
+    reader = csv.reader(utf8_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None)
+    missing = [c for c in required if header is None or c not in header]
+    if missing:
+        raise DataPrepError(f"{where(path, 1)}: header lacks column(s) {missing}")
+    for fields in reader:
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise DataPrepError(f"{where(path, reader.line_num)}: expected {len(header)} "
+                                f"tab-separated fields, got {len(fields)}")  # fmt: skip
+        yield reader.line_num, dict(zip(header, fields, strict=True))
+
+
+def _clip_durations(path: Path) -> dict[str, float]:
+    """Read ``clip_durations.tsv`` (``clip``, ``duration[ms]``) as seconds per clip file name."""
+    durations = {}
+    for line_no, row in _tsv_rows(path, ("clip", "duration[ms]")):
+        try:
+            durations[row["clip"]] = float(row["duration[ms]"]) / 1000.0
+        except ValueError as err:
+            raise DataPrepError(f"{where(path, line_no)}: bad duration[ms] "
+                                f"{row['duration[ms]']!r}") from err  # fmt: skip
+    return durations
+
+
+def _convert(job: tuple[str, str]) -> int:
+    """Resample one clip to a 16 kHz WAV (atomically); return its number of samples."""
+    src, dst = job
+    try:
+        wav = read_audio(src, sample_rate=WAV_RATE)
+    except AudioReadError as err:
+        raise DataPrepError(str(err)) from err
+    tmp = dst + ".partial"
+    sf.write(tmp, wav.numpy(), WAV_RATE, format="WAV", subtype="PCM_16")
+    os.replace(tmp, dst)
+    return len(wav)
+
+
+def _convert_all(jobs: list[tuple[str, str]], num_workers: int | None) -> list[int]:
+    if num_workers is None:
+        num_workers = (os.cpu_count() or 1) if len(jobs) > PARALLEL_THRESHOLD else 0
+    bar = dict(total=len(jobs), desc="Converting to 16 kHz WAV", unit="clip", leave=False)
+    if num_workers <= 1:
+        return [_convert(job) for job in tqdm(jobs, **bar)]
+    with POOL_CONTEXT.Pool(num_workers) as pool:
+        return list(tqdm(pool.imap(_convert, jobs, chunksize=16), **bar))
+
+
+def _split_rows(
+    tsv: Path, clips: Path, known: dict[str, float], max_duration: float, workers: int | None
+) -> list[dict]:
+    rows = []
+    for line_no, row in _tsv_rows(tsv, ("client_id", "path", "sentence")):
+        audio = clips / row["path"]
+        if not audio.is_file():
+            raise DataPrepError(f"{where(tsv, line_no)}: clip {audio} not found")
+        rows.append({"ID": Path(row["path"]).stem, "wav": str(audio.resolve()),
+                     "spk_id": row["client_id"], "wrd": normalize_welsh(row["sentence"]),
+                     "clip": row["path"]})  # fmt: skip
+    unknown = [r for r in rows if r["clip"] not in known]
+    for r, (frames, rate) in zip(unknown, audio_frames([r["wav"] for r in unknown], tsv.name,
+                                                       workers), strict=True):  # fmt: skip
+        known[r["clip"]] = frames / rate
+    kept = [r for r in rows if r["wrd"] and known[r["clip"]] <= max_duration]
+    logger.info("%s: kept %d of %d clips (%d empty transcripts, %d longer than %s s)", tsv,
+                len(kept), len(rows), sum(not r["wrd"] for r in rows),
+                sum(known[r["clip"]] > max_duration for r in rows), max_duration)  # fmt: skip
+    for r in kept:
+        r["duration"] = known[r.pop("clip")]
+    return kept
+
+
+def prepare_commonvoice(
+    data_folder: str,
+    save_folder: str,
+    max_duration: float = 10.0,
+    convert_to_wav: bool = False,
+    skip_prep: bool = False,
+    num_workers: int | None = None,
+) -> None:
+    """Write ``train.csv``, ``valid.csv`` and ``test.csv`` from a CommonVoice language folder.
+
+    Parameters
+    ----------
+    data_folder : str
+        The language folder, e.g. ``cv-corpus-15.0-2023-09-08/cy`` (holding ``clips/`` and TSVs).
+    save_folder : str
+        Where the manifests (and the WAV cache) go.
+    max_duration : float
+        Longest clip kept, in seconds.
+    convert_to_wav : bool
+        Resample kept clips once to 16 kHz WAV under ``<save_folder>/wav16k``.
+    skip_prep : bool
+        Do nothing.
+    num_workers : int or None
+        Processes reading lengths / converting (``None``: all CPUs for large corpora).
+
+    Example
+    -------
+    >>> import tempfile, numpy as np, soundfile as sf
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "clips").mkdir()
+    >>> sf.write(root / "clips" / "c1.mp3", np.zeros(48000) + 0.1, 48000)
+    >>> for split in ("train", "dev", "test"):
+    ...     _ = (root / f"{split}.tsv").write_text(
+    ...         "client_id\\tpath\\tsentence\\nspk\\tc1.mp3\\tMae'n braf!\\n")
+    >>> prepare_commonvoice(str(root), str(root / "out"))
+    >>> (root / "out" / "test.csv").read_text().splitlines()[1].split(",")[3:]
+    ['spk', "mae'n braf"]
+    """
+    if skip_prep:
+        return
+    folder = require_dir(data_folder, "CommonVoice language")
+    clips = require_dir(folder / "clips", "CommonVoice clips")
+    tsvs = {name: require_file(folder / tsv, "CommonVoice split") for name, tsv in SPLITS.items()}
+    options = {"data_folder": str(folder.resolve()), "max_duration": max_duration,
+               "convert_to_wav": convert_to_wav}  # fmt: skip
+
+    def build(out: Path) -> None:
+        durations_tsv = folder / "clip_durations.tsv"
+        known = _clip_durations(durations_tsv) if durations_tsv.is_file() else {}
+        splits = {name: _split_rows(tsv, clips, known, max_duration, num_workers)
+                  for name, tsv in tsvs.items()}  # fmt: skip
+        if convert_to_wav:
+            cache = out / "wav16k"
+            cache.mkdir(exist_ok=True)
+            rows = [r for rows in splits.values() for r in rows]
+            jobs = [(r["wav"], str((cache / f"{r['ID']}.wav").resolve())) for r in rows]
+            for r, (_, dst), frames in zip(rows, jobs, _convert_all(jobs, num_workers),
+                                           strict=True):  # fmt: skip
+                r["wav"], r["duration"] = dst, frames / WAV_RATE
+        for name, rows in splits.items():
+            write_csv(out / f"{name}.csv", FIELDS, rows)
+
+    run_once(save_folder, options, [f"{name}.csv" for name in SPLITS], build)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m data_prep.commonvoice DATA_FOLDER SAVE_FOLDER [options]``."""
+    parser = argparse.ArgumentParser(description="Prepare CommonVoice ASR manifests.")
+    parser.add_argument("data_folder", help="language folder, e.g. cv-corpus-.../cy")
+    parser.add_argument("save_folder")
+    parser.add_argument("--max-duration", type=float, default=10.0)
+    parser.add_argument("--convert-to-wav", action="store_true")
+    parser.add_argument("--num-workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    prepare_commonvoice(args.data_folder, args.save_folder, args.max_duration,
+                        args.convert_to_wav, num_workers=args.num_workers)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""VoxCeleb speaker-verification manifests.
+
+* ``train.csv``: fixed ``chunk_seconds`` chunks (sample offsets, no audio rewritten) of every
+  utterance whose speaker does not appear in the trial list; utterances shorter than one chunk
+  are dropped (logged).
+* ``valid.csv``: the same chunking for ``valid_fraction`` of each training speaker's utterances
+  (picked evenly over the sorted paths; speakers with one utterance keep it in train).
+* ``enrol.csv`` / ``test.csv``: whole files named in the first / second path column of the trial
+  list, ``ID`` = the path relative to ``wav/`` exactly as the trial list writes it.
+* ``trials.txt``: a copy of the trial list.
+
+Columns (all four CSVs): ``ID,duration,wav,start,stop,spk_id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from data_prep.common import (
+    DataPrepError,
+    audio_frames,
+    holdout,
+    require_dir,
+    require_file,
+    run_once,
+    utf8_lines,
+    where,
+    write_csv,
+    write_text,
+)
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ["ID", "duration", "wav", "start", "stop", "spk_id"]
+OUTPUTS = ["train.csv", "valid.csv", "enrol.csv", "test.csv", "trials.txt"]
+
+
+def read_trials(path: str | Path, wav_dir: str | Path) -> list[tuple[int, str, str]]:
+    """Parse a VoxCeleb trial list (``<label> <enrol path> <test path>`` per line).
+
+    Raises
+    ------
+    DataPrepError
+        Naming the trial file and line of a malformed line or of a path missing under ``wav_dir``.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> root = tempfile.mkdtemp()
+    >>> trials = os.path.join(root, "veri_test2.txt")
+    >>> _ = open(trials, "w").write("1 id1/v/00001.wav id1/w/00002.wav\\n")
+    >>> read_trials(trials, root)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    data_prep.common.DataPrepError: ...veri_test2.txt:1: id1/v/00001.wav not found under ...
+    """
+    trials, wav_dir = [], Path(wav_dir)
+    for line_no, line in enumerate(utf8_lines(path), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 3 or parts[0] not in ("0", "1"):
+            raise DataPrepError(f"{where(path, line_no)}: expected '<0|1> <enrol> <test>', "
+                                f"got {line!r}")  # fmt: skip
+        for rel in parts[1:]:
+            if not (wav_dir / rel).is_file():
+                raise DataPrepError(f"{where(path, line_no)}: {rel} not found under {wav_dir}")
+        trials.append((int(parts[0]), parts[1], parts[2]))
+    if not trials:
+        raise DataPrepError(f"{path}: empty trial list")
+    return trials
+
+
+def _chunks(rel: str, wav: str, frames: int, rate: int, chunk_seconds: float) -> list[dict]:
+    size, stem = round(chunk_seconds * rate), rel.removesuffix(".wav")
+    return [
+        {"ID": f"{stem}_{k}", "duration": size / rate, "wav": wav, "start": k * size,
+         "stop": (k + 1) * size, "spk_id": rel.split("/")[0]}  # fmt: skip
+        for k in range(frames // size)
+    ]
+
+
+def prepare_voxceleb(
+    data_folder: str,
+    save_folder: str,
+    trial_list: str = "veri_test2.txt",
+    chunk_seconds: float = 3.0,
+    valid_fraction: float = 0.05,
+    skip_prep: bool = False,
+    num_workers: int | None = None,
+) -> None:
+    """Write VoxCeleb train/valid chunks, enrol/test files and the trial list.
+
+    Parameters
+    ----------
+    data_folder : str
+        VoxCeleb1 root holding ``wav/<speaker>/<video>/<n>.wav``.
+    save_folder : str
+        Where the manifests go.
+    trial_list : str
+        Trial file, relative to ``data_folder`` (or absolute): ``veri_test2.txt`` (VoxCeleb1-O
+        cleaned), ``list_test_hard2.txt``, ...
+    chunk_seconds : float
+        Training chunk length, in seconds.
+    valid_fraction : float
+        Fraction of each training speaker's utterances held out for validation.
+    skip_prep : bool
+        Do nothing.
+    num_workers : int or None
+        Processes reading audio lengths.
+
+    Example
+    -------
+    >>> import tempfile, numpy as np, soundfile as sf
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for rel in ["id1/v/00001.wav", "id2/v/00001.wav", "id3/a/00001.wav", "id3/b/00001.wav"]:
+    ...     (root / "wav" / rel).parent.mkdir(parents=True, exist_ok=True)
+    ...     sf.write(root / "wav" / rel, np.zeros(16000 * 7, dtype="int16"), 16000)
+    >>> _ = (root / "veri_test2.txt").write_text("0 id1/v/00001.wav id2/v/00001.wav\\n")
+    >>> prepare_voxceleb(str(root), str(root / "out"))
+    >>> [line.split(",")[3:] for line in (root / "out" / "train.csv").read_text().splitlines()]
+    [['start', 'stop', 'spk_id'], ['0', '48000', 'id3'], ['48000', '96000', 'id3']]
+    """
+    if skip_prep:
+        return
+    folder = require_dir(data_folder, "VoxCeleb")
+    wav_dir = require_dir(folder / "wav", "VoxCeleb wav")
+    trial_path = require_file(folder / trial_list, "VoxCeleb trial list")
+    options = {"data_folder": str(folder.resolve()), "trial_list": str(trial_path.resolve()),
+               "chunk_seconds": chunk_seconds, "valid_fraction": valid_fraction}  # fmt: skip
+
+    def build(out: Path) -> None:
+        trials = read_trials(trial_path, wav_dir)
+        enrol = sorted({t[1] for t in trials})
+        test = sorted({t[2] for t in trials})
+        test_speakers = {rel.split("/")[0] for rel in enrol + test}
+        files = sorted(p.relative_to(wav_dir).as_posix() for p in wav_dir.glob("*/*/*.wav"))
+        train = [rel for rel in files if rel.split("/")[0] not in test_speakers]
+        if not train:
+            raise DataPrepError(f"{wav_dir}: no training speakers outside {trial_path}")
+        held = set()
+        for spk in sorted({rel.split("/")[0] for rel in train}):
+            held |= holdout([rel for rel in train if rel.startswith(spk + "/")], valid_fraction)
+        every = sorted(set(train) | set(enrol) | set(test))
+        infos = dict(zip(every, audio_frames([wav_dir / rel for rel in every], "VoxCeleb",
+                                             num_workers), strict=True))  # fmt: skip
+        rows = {"train": [], "valid": []}
+        short = 0
+        for rel in train:
+            chunks = _chunks(rel, str((wav_dir / rel).resolve()), *infos[rel], chunk_seconds)
+            short += not chunks
+            rows["valid" if rel in held else "train"] += chunks
+        logger.info("VoxCeleb: %d training utterances, %d shorter than %s s dropped",
+                    len(train), short, chunk_seconds)  # fmt: skip
+        for name, rels in (("enrol", enrol), ("test", test)):
+            rows[name] = [
+                {"ID": rel, "duration": infos[rel][0] / infos[rel][1],
+                 "wav": str((wav_dir / rel).resolve()), "start": 0, "stop": infos[rel][0],
+                 "spk_id": rel.split("/")[0]}  # fmt: skip
+                for rel in rels
+            ]
+        for name, chunk_rows in rows.items():
+            write_csv(out / f"{name}.csv", FIELDS, chunk_rows)
+        write_text(out / "trials.txt", trial_path.read_text(encoding="utf-8"))
+
+    run_once(save_folder, options, OUTPUTS, build)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m data_prep.voxceleb DATA_FOLDER SAVE_FOLDER [options]``."""
+    parser = argparse.ArgumentParser(description="Prepare VoxCeleb verification manifests.")
+    parser.add_argument("data_folder", help="VoxCeleb1 root holding wav/")
+    parser.add_argument("save_folder")
+    parser.add_argument("--trial-list", default="veri_test2.txt")
+    parser.add_argument("--chunk-seconds", type=float, default=3.0)
+    parser.add_argument("--valid-fraction", type=float, default=0.05)
+    parser.add_argument("--num-workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    prepare_voxceleb(args.data_folder, args.save_folder, args.trial_list, args.chunk_seconds,
+                     args.valid_fraction, num_workers=args.num_workers)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

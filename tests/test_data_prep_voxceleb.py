@@ -1,0 +1,116 @@
+"""Tests for data_prep.voxceleb on the mini VoxCeleb1."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+
+import pytest
+import soundfile as sf
+import torch
+
+from data_prep.common import DataPrepError
+from data_prep.voxceleb import main, prepare_voxceleb
+from summarymixing.audio import read_audio
+
+FIELDS = "ID,duration,wav,start,stop,spk_id"
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def truth(mini_corpora):
+    return json.loads((mini_corpora / "ground_truth.json").read_text())["voxceleb"]
+
+
+@pytest.fixture(scope="module")
+def prepared(mini_corpora, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vox")
+    prepare_voxceleb(str(mini_corpora / "voxceleb1"), str(out), valid_fraction=0.2)
+    return out
+
+
+def test_columns(prepared):
+    for name in ("train", "valid", "enrol", "test"):
+        with open(prepared / f"{name}.csv") as handle:
+            assert handle.readline().strip() == FIELDS
+
+
+def test_train_and_valid_chunks(prepared, mini_corpora, truth):
+    wav_dir = mini_corpora / "voxceleb1" / "wav"
+    train, valid = read_csv(prepared / "train.csv"), read_csv(prepared / "valid.csv")
+    dev = {rel: t for rel, t in truth.items() if t["set"] == "dev"}
+    assert sum(t["frames"] // 48000 for t in dev.values()) == len(train) + len(valid)
+    utt = {s: {os.path.relpath(r["wav"], wav_dir) for r in rows}
+           for s, rows in (("train", train), ("valid", valid))}  # fmt: skip
+    assert not utt["train"] & utt["valid"] and utt["train"] | utt["valid"] <= set(dev)
+    assert {dev[rel]["spk"] for rel in utt["valid"]} <= {dev[rel]["spk"] for rel in utt["train"]}
+    assert len({dev[rel]["spk"] for rel in utt["train"]}) == 8
+    for row in train + valid:
+        rel = os.path.relpath(row["wav"], wav_dir)
+        start, stop = int(row["start"]), int(row["stop"])
+        assert stop - start == 48000 and stop <= dev[rel]["frames"]
+        assert row["spk_id"] == dev[rel]["spk"] and float(row["duration"]) == 3.0
+    row = train[-1]
+    full, _ = sf.read(row["wav"], dtype="float32")
+    wav = read_audio(row["wav"], int(row["start"]), int(row["stop"]))
+    assert torch.equal(wav, torch.from_numpy(full[int(row["start"]) : int(row["stop"])]))
+
+
+def test_enrol_test_cover_trials(prepared, mini_corpora, truth):
+    trials = (mini_corpora / "voxceleb1" / "veri_test2.txt").read_text()
+    assert (prepared / "trials.txt").read_text() == trials
+    lines = [line.split() for line in trials.splitlines()]
+    enrol = {r["ID"]: r for r in read_csv(prepared / "enrol.csv")}
+    test = {r["ID"]: r for r in read_csv(prepared / "test.csv")}
+    assert set(enrol) == {e for _, e, _ in lines} and set(test) == {t for _, _, t in lines}
+    for rel, row in {**enrol, **test}.items():
+        assert truth[rel]["set"] == "test" and row["spk_id"] == truth[rel]["spk"]
+        assert (row["start"], row["stop"]) == ("0", str(truth[rel]["frames"]))
+    for label, e, t in lines:
+        assert (enrol[e]["spk_id"] == test[t]["spk_id"]) == (label == "1")
+
+
+@pytest.fixture
+def corpus_copy(mini_corpora, tmp_path):
+    shutil.copytree(mini_corpora / "voxceleb1", tmp_path / "voxceleb1")
+    return tmp_path / "voxceleb1"
+
+
+def test_trial_naming_missing_file(corpus_copy, tmp_path):
+    path = corpus_copy / "veri_test2.txt"
+    lines = path.read_text().splitlines()
+    lines[6] = lines[6].rsplit(" ", 1)[0] + " id10272/NOSUCHVIDEO/00001.wav"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataPrepError, match=r"veri_test2.txt:7: id10272/NOSUCHVIDEO/00001.wav not"):
+        prepare_voxceleb(str(corpus_copy), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / ".prep_done.json").exists()
+
+
+def test_malformed_trial_line(corpus_copy, tmp_path):
+    path = corpus_copy / "veri_test2.txt"
+    path.write_text(path.read_text() + "yes id10270/a.wav\n")
+    count = len(path.read_text().splitlines())
+    with pytest.raises(DataPrepError, match=rf"veri_test2.txt:{count}: expected"):
+        prepare_voxceleb(str(corpus_copy), str(tmp_path / "out"))
+
+
+def test_missing_trial_list(corpus_copy, tmp_path):
+    with pytest.raises(DataPrepError, match=r"list_test_hard2.txt: VoxCeleb trial list file"):
+        prepare_voxceleb(str(corpus_copy), str(tmp_path / "out"), "list_test_hard2.txt")
+
+
+def test_idempotent_and_cli(mini_corpora, tmp_path):
+    data = str(mini_corpora / "voxceleb1")
+    main([data, str(tmp_path)])
+    stamp = os.stat(tmp_path / "train.csv").st_mtime_ns
+    main([data, str(tmp_path)])
+    assert os.stat(tmp_path / "train.csv").st_mtime_ns == stamp
+    main([data, str(tmp_path), "--chunk-seconds", "2"])
+    assert os.stat(tmp_path / "train.csv").st_mtime_ns != stamp
+    assert all(r["duration"] == "2.0" for r in read_csv(tmp_path / "train.csv"))
