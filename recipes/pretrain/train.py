@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""wav2vec 2.0 pre-training with a SummaryMixing (or MHSA) Conformer on LibriLight.
+
+Single process::
+
+    python recipes/pretrain/train.py hparams/pretrain/summarymixing_w2v2.yaml \
+        --data_folder /data/librilight
+
+DDP (one node, 4 GPUs; several nodes: add --nnodes/--node_rank/--master_addr)::
+
+    torchrun --nproc_per_node 4 recipes/pretrain/train.py \
+        hparams/pretrain/summarymixing_w2v2.yaml --data_folder /data/librilight
+
+The model is ``summarymixing.w2v2.W2V2Pretrainer`` (filterbank front end, context Conformer,
+SpeechBrain's Gumbel quantiser); the objective is SpeechBrain's contrastive loss plus the
+diversity loss. The training loop (non-finite-step skipping, checkpoints by minutes and steps,
+RNG state, step logs) is ``summarymixing.training.RobustBrain``. At the end the encoder is
+exported with its architecture to ``<output_folder>/encoder.pt`` (``summarymixing.export``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+# Run as a script from anywhere: the repository root holds summarymixing/ and data_prep/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import speechbrain as sb  # noqa: E402
+import torch  # noqa: E402
+from hyperpyyaml import load_hyperpyyaml  # noqa: E402
+from speechbrain.dataio.sampler import DynamicBatchSampler  # noqa: E402
+from speechbrain.utils.distributed import if_main_process, run_on_main  # noqa: E402
+
+from data_prep.librilight import prepare_librilight  # noqa: E402
+from summarymixing.audio import read_audio  # noqa: E402
+from summarymixing.export import save_pretrained  # noqa: E402
+from summarymixing.training import RobustBrain  # noqa: E402
+from summarymixing.w2v2.pretrain import mask_collate_fn, w2v2_objectives  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+class W2V2Brain(RobustBrain):
+    """Pre-training steps: forward the masked batch, contrastive + diversity objective,
+    warm-up/cool-down learning rate and Gumbel temperature following the optimizer step."""
+
+    def compute_forward(self, batch: tuple, stage: sb.Stage) -> dict[str, Any]:
+        """Run ``W2V2Pretrainer`` on ``(wavs, wav_lens, mask)``."""
+        wavs, wav_lens, mask = (tensor.to(self.device) for tensor in batch)
+        return self.modules.model(wavs, wav_lens, mask)
+
+    def compute_objectives(
+        self, predictions: dict[str, Any], batch: tuple, stage: sb.Stage
+    ) -> dict[str, torch.Tensor]:
+        """Contrastive loss, accuracy, diversity loss and perplexities."""
+        objectives = w2v2_objectives(
+            predictions, self.hparams.loss, self.hparams.num_negatives,
+            self.hparams.diversity_loss_weight,
+        )
+        if stage != sb.Stage.TRAIN:
+            self.valid_stats.append(objectives)
+        return objectives
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: tuple, stage: sb.Stage) -> torch.Tensor:
+        """Validation loss of one batch."""
+        with self.evaluation_ctx:
+            outputs = self.compute_forward(batch, stage)
+            return self.compute_objectives(outputs, batch, stage)["loss"].detach().cpu()
+
+    @property
+    def quantiser(self) -> torch.nn.Module:
+        """The Gumbel quantiser (unwrapped from DDP)."""
+        return self.hparams.model.quantiser.quantiser
+
+    def on_fit_start(self) -> None:
+        """Recover, then put the Gumbel temperature where the recovered step count says."""
+        super().on_fit_start()
+        self.quantiser.update_temp(self.optimizer_step)
+
+    def before_optimizer_update(self) -> None:
+        """Learning rate of the coming step (warm-up starts above zero)."""
+        self.hparams.lr_scheduler(self.optimizer, self.optimizer_step + 1)
+
+    def on_optimizer_step(self, objectives: dict[str, torch.Tensor]) -> None:
+        """Anneal the Gumbel temperature, then log."""
+        self.quantiser.update_temp(self.optimizer_step)
+        super().on_optimizer_step(objectives)
+
+    def extra_step_stats(self) -> dict[str, float]:
+        """The Gumbel temperature."""
+        return {"temperature": float(self.quantiser.curr_temp)}
+
+    def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
+        """Reset the validation statistics."""
+        self.valid_stats: list[dict[str, torch.Tensor]] = []
+
+    def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
+        """Log the epoch and save an end-of-epoch checkpoint after validation."""
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {"loss": stage_loss}
+            return
+        valid = {"loss": stage_loss}
+        for key in ("contrastive_per_frame", "accuracy", "diversity_loss", "prob_perplex"):
+            valid[key] = sum(float(s[key]) for s in self.valid_stats) / len(self.valid_stats)
+        self.hparams.train_logger.log_stats(
+            stats_meta={"epoch": epoch, "steps": self.optimizer_step,
+                        "lr": self.optimizer.param_groups[0]["lr"]},
+            train_stats=self.train_stats, valid_stats=valid,
+        )
+        self.checkpointer.save_and_keep_only(
+            meta={"valid_loss": stage_loss, "optimizer_step": self.optimizer_step},
+            num_to_keep=self.hparams.num_checkpoints_to_keep,
+        )
+
+
+def dataio_prepare(hparams: dict) -> tuple:
+    """Datasets and loader options: LibriLight segments (duration-filtered) with dynamic
+    batching for training, the validation set in fixed-size batches; both collated with masks.
+
+    Returns
+    -------
+    train_data, valid_data, train_loader_kwargs, valid_loader_kwargs
+    """
+    train_data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams["train_csv"])
+    train_data = train_data.filtered_sorted(
+        sort_key="duration",
+        key_min_value={"duration": hparams["min_duration"]},
+        key_max_value={"duration": hparams["max_duration"]},
+    )
+    valid_data = sb.dataio.dataset.DynamicItemDataset.from_csv(hparams["valid_csv"])
+    valid_data = valid_data.filtered_sorted(sort_key="duration")
+    datasets = [train_data, valid_data]
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav: str, start: str, stop: str) -> torch.Tensor:
+        return read_audio(wav, int(start), int(stop), hparams["sample_rate"])
+
+    sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
+    sb.dataio.dataset.set_output_keys(datasets, ["id", "sig"])
+
+    collate = mask_collate_fn(
+        hparams["model"].encoder.frontend, hparams["mask_prob"], hparams["mask_length"]
+    )
+    sampler = DynamicBatchSampler(
+        train_data, length_func=lambda row: row["duration"], seed=hparams["seed"],
+        **hparams["dynamic_batch_sampler"],
+    )
+    train_loader_kwargs = {
+        "batch_sampler": sampler,
+        "collate_fn": collate,
+        "num_workers": hparams["num_workers"],
+        # A private generator: creating the loader's iterator must not draw from the global
+        # one, or a resumed run would drift from an uninterrupted one.
+        "generator": torch.Generator().manual_seed(hparams["seed"]),
+    }
+    valid_loader_kwargs = {
+        "batch_size": hparams["valid_batch_size"],
+        "collate_fn": collate,
+        "num_workers": hparams["num_workers"],
+    }
+    return train_data, valid_data, train_loader_kwargs, valid_loader_kwargs
+
+
+def main(argv: list[str]) -> W2V2Brain:
+    """Prepare the data, pre-train, export the encoder."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    run_on_main(
+        prepare_librilight,
+        kwargs={
+            "data_folder": hparams["data_folder"], "save_folder": hparams["output_folder"],
+            "split": hparams["librilight_split"], "valid_folder": hparams["valid_folder"],
+            "min_duration": hparams["min_duration"], "max_duration": hparams["max_duration"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    train_data, valid_data, train_kwargs, valid_kwargs = dataio_prepare(hparams)
+    brain = W2V2Brain(
+        modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+        run_opts=run_opts, checkpointer=hparams["checkpointer"],
+    )
+    brain.fit(
+        brain.hparams.epoch_counter, train_data, valid_data,
+        train_loader_kwargs=train_kwargs, valid_loader_kwargs=valid_kwargs,
+    )
+    if if_main_process():
+        save_pretrained(hparams["model"].encoder, hparams["arch"], hparams["export_path"])
+    return brain
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

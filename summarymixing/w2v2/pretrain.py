@@ -1,0 +1,163 @@
+"""wav2vec 2.0 pre-training pieces around ``W2V2Encoder``: the model with its quantiser, the
+masking collate function and the objective.
+
+The quantiser (``W2VTargetQuantiser``), span masking (``compute_mask`` through
+``w2v_mask_collate_fn``), negative sampling (``sample_negatives``) and the contrastive loss
+(``ContrastiveLoss``) are SpeechBrain's; this module composes them with the filterbank front end.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+from speechbrain.lobes.models.wav2vec import (
+    W2VTargetQuantiser,
+    sample_negatives,
+    w2v_mask_collate_fn,
+)
+from speechbrain.nnet.losses import ContrastiveLoss
+from torch import nn
+
+from summarymixing.w2v2.encoder import W2V2Encoder
+from summarymixing.w2v2.frontend import FbankFrontEnd
+
+
+class W2V2Pretrainer(nn.Module):
+    """The whole pre-training model: encoder, target quantiser and output projection.
+
+    One module so that DDP wraps (and synchronises) everything in one ``forward``.
+
+    Arguments
+    ---------
+    encoder : W2V2Encoder
+        Front end + context encoder.
+    quantiser : W2VTargetQuantiser
+        Gumbel quantiser of the front-end latents (``in_dim`` = the latent size).
+    final_dim : int
+        Size of the contrastive space (the quantiser's ``out_dim``).
+
+    Example
+    -------
+    >>> from summarymixing.w2v2 import build_encoder
+    >>> encoder = build_encoder({"n_mels": 40, "cnn_channels": [32, 32], "d_model": 16,
+    ...                          "num_layers": 1, "nhead": 4, "d_ffn": 32, "conv_kernel_size": 3,
+    ...                          "local_proj_hid_dim": [16], "summary_hid_dim": [16]})
+    >>> model = W2V2Pretrainer(encoder, W2VTargetQuantiser(32, 8, num_vars=10), 8)
+    >>> mask = torch.zeros(2, 48, dtype=torch.bool)
+    >>> mask[:, 5:15] = True
+    >>> out = model(torch.randn(2, 16000), torch.ones(2), mask)
+    >>> out["embeddings"].shape, out["targets"].shape
+    (torch.Size([2, 10, 8]), torch.Size([2, 10, 8]))
+    """
+
+    def __init__(self, encoder: W2V2Encoder, quantiser: W2VTargetQuantiser, final_dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.quantiser = quantiser
+        self.feat_proj = nn.Linear(encoder.d_model, final_dim)
+
+    def forward(
+        self, wavs: torch.Tensor, wav_lens: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, Any]:
+        """Encode masked inputs; predict and quantise the masked frames.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(B, S)`` waveforms.
+        wav_lens : torch.Tensor
+            ``(B,)`` relative lengths.
+        mask : torch.Tensor
+            ``(B, T)`` boolean, ``True`` at masked latent frames; the same number per row.
+
+        Returns
+        -------
+        dict
+            ``embeddings`` and ``targets`` ``(B, M, final_dim)`` at the ``M`` masked frames of
+            each row, ``num_masked``, and the quantiser's ``diversity_loss``, ``code_perplex``,
+            ``prob_perplex``, ``num_vars``, ``temp``.
+        """
+        latents, padding_mask = self.encoder.frontend(wavs, wav_lens)  # (B, T, C)
+        if mask.shape != latents.shape[:2]:
+            raise ValueError(
+                f"expected a mask of shape {tuple(latents.shape[:2])} (latent frames), "
+                f"got {tuple(mask.shape)}"
+            )
+        per_row = mask.sum(dim=1)
+        if bool((per_row != per_row[0]).any()) or int(per_row[0]) < 2:
+            raise ValueError(
+                f"expected the same number (>= 2) of masked frames in every row, "
+                f"got {per_row.tolist()}"
+            )
+        batch = latents.shape[0]
+        context = self.encoder.encode(latents, padding_mask, mask)[-1]  # (B, T, D)
+        embeddings = self.feat_proj(context[mask]).view(batch, -1, self.feat_proj.out_features)
+        targets, meta = self.quantiser(latents[mask].view(batch, -1, latents.shape[-1]))
+        return {"embeddings": embeddings, "targets": targets, "num_masked": mask.sum(), **meta}
+
+
+def mask_collate_fn(
+    frontend: FbankFrontEnd, mask_prob: float, mask_length: int
+) -> partial:
+    """SpeechBrain's ``w2v_mask_collate_fn`` with this front end's exact output lengths: a
+    collate function turning ``[{"id", "sig"}, ...]`` into ``(wavs, wav_lens, mask)``.
+
+    Example
+    -------
+    >>> collate = mask_collate_fn(FbankFrontEnd(n_mels=40, out_channels=[32, 32]), 0.65, 10)
+    >>> wavs, lens, mask = collate([{"id": "a", "sig": torch.randn(32000)},
+    ...                             {"id": "b", "sig": torch.randn(24000)}])
+    >>> wavs.shape, mask.shape, mask.sum(dim=1)[0] == mask.sum(dim=1)[1]
+    (torch.Size([2, 32000]), torch.Size([2, 98]), tensor(True))
+    """
+    return partial(
+        w2v_mask_collate_fn,
+        get_out_len_fn=frontend.output_lengths,
+        mask_prob=mask_prob,
+        mask_length=mask_length,
+    )
+
+
+def w2v2_objectives(
+    outputs: dict[str, Any],
+    loss_fn: ContrastiveLoss,
+    num_negatives: int,
+    diversity_loss_weight: float,
+) -> dict[str, torch.Tensor]:
+    """Contrastive loss against ``num_negatives`` distractors plus the weighted diversity loss.
+
+    As in wav2vec 2.0 (and SpeechBrain's recipe), the contrastive loss is summed over masked
+    frames and the diversity loss is scaled by their number, so ``loss`` is a sum;
+    ``contrastive_per_frame`` is the mean for logging.
+
+    Returns
+    -------
+    dict
+        ``loss`` (to back-propagate), ``contrastive_per_frame``, ``accuracy`` (of picking the
+        true target; chance is ``1 / (num_negatives + 1)``), ``diversity_loss``,
+        ``code_perplex``, ``prob_perplex``.
+
+    Example
+    -------
+    >>> outputs = {"embeddings": torch.randn(2, 12, 8), "targets": torch.randn(2, 12, 8),
+    ...            "num_masked": torch.tensor(24), "diversity_loss": torch.tensor(0.5),
+    ...            "code_perplex": torch.tensor(3.0), "prob_perplex": torch.tensor(4.0)}
+    >>> stats = w2v2_objectives(outputs, ContrastiveLoss(0.1), 5, 0.1)
+    >>> bool(stats["loss"] > 0), 0.0 <= float(stats["accuracy"]) <= 1.0
+    (True, True)
+    """
+    targets = outputs["targets"]
+    negatives = sample_negatives(targets, num_negatives)  # (N, B, M, F)
+    contrastive, accuracy = loss_fn(outputs["embeddings"], targets, negatives)
+    num_masked = outputs["num_masked"].to(contrastive.dtype)
+    diversity = outputs["diversity_loss"]
+    return {
+        "loss": contrastive + diversity_loss_weight * diversity * num_masked,
+        "contrastive_per_frame": contrastive.detach() / num_masked,
+        "accuracy": accuracy.detach(),
+        "diversity_loss": diversity.detach(),
+        "code_perplex": outputs["code_perplex"].detach(),
+        "prob_perplex": outputs["prob_perplex"].detach(),
+    }

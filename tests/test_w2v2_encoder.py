@@ -1,0 +1,76 @@
+"""W2V2Encoder / FbankFrontEnd: batch-vs-single consistency, lengths, edge cases, sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from summarymixing.w2v2 import FbankFrontEnd, build_encoder
+
+TINY = {
+    "n_mels": 40, "cnn_channels": [32, 32], "d_model": 32, "num_layers": 2, "nhead": 4,
+    "d_ffn": 64, "conv_kernel_size": 5, "local_proj_hid_dim": [32], "summary_hid_dim": [32],
+}
+
+
+@pytest.mark.parametrize("attention_type", ["SummaryMixing", "regularMHA"])
+def test_utterance_alone_equals_its_row_in_a_padded_batch(attention_type: str) -> None:
+    torch.manual_seed(0)
+    encoder = build_encoder({**TINY, "attention_type": attention_type}).eval()
+    lengths = [16000, 11230, 7001]
+    wavs = torch.zeros(3, max(lengths))
+    singles = [torch.randn(n) for n in lengths]
+    for row, wav in enumerate(singles):
+        wavs[row, : len(wav)] = wav
+    wav_lens = torch.tensor(lengths, dtype=torch.float) / max(lengths)
+    with torch.no_grad():
+        batched = encoder(wavs, wav_lens)
+        frames = encoder.frontend.output_lengths(wav_lens, wavs.shape[1])
+        for row, wav in enumerate(singles):
+            alone = encoder(wav.unsqueeze(0), torch.ones(1))
+            assert alone[0].shape[1] == frames[row]
+            for layer, (single, batch) in enumerate(zip(alone, batched, strict=True)):
+                valid = batch[row, : frames[row]]
+                assert torch.allclose(single[0], valid, atol=1e-5), (row, layer)
+
+
+def test_hidden_states_and_attributes() -> None:
+    encoder = build_encoder(TINY).eval()
+    hidden = encoder(torch.randn(2, 8000), torch.tensor([1.0, 0.6]))
+    assert encoder.num_hidden_states == 3 == len(hidden)
+    assert encoder.d_model == 32
+    assert all(h.shape == (2, 23, 32) for h in hidden)
+    assert all(torch.isfinite(h).all() for h in hidden)
+
+
+def test_output_lengths_match_the_frames_produced() -> None:
+    frontend = FbankFrontEnd(n_mels=40, out_channels=[16, 16])
+    for samples in [960, 961, 1119, 1120, 1280, 16000, 16159, 16160]:
+        latents, padding = frontend(torch.randn(1, samples))
+        assert latents.shape[1] == int(frontend.output_lengths(torch.tensor([samples]))[0])
+        assert not padding.any()
+
+
+def test_shortest_input_gives_one_frame_and_shorter_is_a_clear_error() -> None:
+    encoder = build_encoder(TINY).eval()
+    shortest = encoder.frontend.min_samples()
+    assert encoder(torch.randn(1, shortest))[-1].shape[1] == 1
+    with pytest.raises(ValueError, match="at least 960 samples"):
+        encoder(torch.randn(1, shortest - 1))
+    with pytest.raises(ValueError, match="at least"):
+        encoder(torch.zeros(1, 0))
+    with pytest.raises(ValueError, match="expected waveforms of shape"):
+        encoder(torch.randn(16000))
+
+
+def test_mask_embedding_replaces_masked_frames() -> None:
+    encoder = build_encoder(TINY).eval()
+    latents, padding = encoder.frontend(torch.randn(1, 8000))
+    mask = torch.zeros(padding.shape, dtype=torch.bool)
+    mask[0, 3:8] = True
+    embedded = encoder.embed(latents, mask)
+    positions = encoder.positional_encoding(embedded)
+    assert torch.allclose(embedded[0, 3:8] - positions[0, 3:8],
+                          encoder.mask_emb.expand(5, -1), atol=1e-6)
+    with pytest.raises(ValueError, match="mask of shape"):
+        encoder.embed(latents, mask[:, :-1])
