@@ -1,0 +1,1 @@
+"""CommonVoice Welsh speech recognition (CTC)."""

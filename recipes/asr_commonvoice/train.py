@@ -1,0 +1,176 @@
+"""CommonVoice Welsh ASR with a frozen (or fine-tuned) pre-trained wav2vec 2.0 encoder.
+
+MP3S protocol: a learned softmax-weighted sum of all hidden states feeds a 2-layer BiLSTM and a
+linear CTC output over a SentencePiece vocabulary trained on the training transcripts (plus a
+CTC blank, the last index). Validation decodes greedily; the test split is decoded greedily
+and with CTC beam search (no language model), and WER and CER of both are written to
+``metrics_file``.
+
+Run from the repository root::
+
+    python recipes/asr_commonvoice/train.py hparams/asr_commonvoice/train.yaml \\
+        --data_folder=/data/cv-corpus-15.0-2023-09-08/cy --pretrained_path=/models/w2v2.pt
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+# Run as a script from anywhere: the repository root holds summarymixing/ and data_prep/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.decoders import ctc_greedy_decode
+from speechbrain.decoders.ctc import CTCBeamSearcher
+from speechbrain.utils.distributed import run_on_main
+
+from data_prep.commonvoice import prepare_commonvoice
+from summarymixing.downstream.brain import DownstreamBrain
+from summarymixing.downstream.data import add_audio_pipeline, load_manifest, loader_options
+
+logger = logging.getLogger(__name__)
+
+
+class ASRBrain(DownstreamBrain):
+    """BiLSTM + CTC head; WER/CER with greedy decoding, and beam search at test time."""
+
+    checkpoint_metric = "WER"
+    higher_is_better = False
+
+    def __init__(self, *args, tokenizer, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokenizer = tokenizer
+        self.blank_index = tokenizer.sp.vocab_size()
+        vocab = [tokenizer.sp.id_to_piece(i) for i in range(self.blank_index)] + ["<blank>"]
+        self.beam_searcher = CTCBeamSearcher(
+            blank_index=self.blank_index, vocab_list=vocab, beam_size=self.hparams.beam_size
+        )
+
+    def compute_forward(self, batch: sb.dataio.batch.PaddedBatch, stage: sb.Stage) -> tuple:
+        """CTC log-probabilities ``(B, T, V + 1)`` and relative lengths ``(B,)``."""
+        feats, lens = self.features(batch, stage)  # (B, T, D)
+        logits = self.modules.ctc_output(self.modules.head(feats, lens))  # (B, T, V + 1)
+        return torch.log_softmax(logits, dim=-1), lens
+
+    def compute_objectives(
+        self, predictions: tuple, batch: sb.dataio.batch.PaddedBatch, stage: sb.Stage
+    ) -> torch.Tensor:
+        """CTC loss; error rates outside training."""
+        log_probs, lens = predictions
+        tokens, token_lens = batch.tokens
+        tokens, token_lens = tokens.to(self.device), token_lens.to(self.device)
+        loss = sb.nnet.losses.ctc_loss(log_probs, tokens, lens, token_lens, self.blank_index)
+        if stage != sb.Stage.TRAIN:
+            targets = [words.split() for words in batch.wrd]
+            greedy = ctc_greedy_decode(log_probs, lens, blank_id=self.blank_index)
+            hyps = [self.tokenizer.sp.decode_ids(ids).split() for ids in greedy]
+            self.error_stats["greedy"][0].append(batch.id, hyps, targets)
+            self.error_stats["greedy"][1].append(batch.id, hyps, targets)
+            if stage == sb.Stage.TEST:
+                beams = self.beam_searcher(log_probs.float(), lens)
+                hyps = [best[0].text.split() for best in beams]
+                self.error_stats["beam"][0].append(batch.id, hyps, targets)
+                self.error_stats["beam"][1].append(batch.id, hyps, targets)
+        return loss
+
+    def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
+        """Fresh (WER, CER) trackers for greedy and, at test time, beam-search decoding."""
+        if stage != sb.Stage.TRAIN:
+            decodings = ["greedy", "beam"] if stage == sb.Stage.TEST else ["greedy"]
+            self.error_stats = {
+                name: (sb.utils.metric_stats.ErrorRateStats(),
+                       sb.utils.metric_stats.ErrorRateStats(split_tokens=True))
+                for name in decodings
+            }  # fmt: skip
+
+    def stage_stats(self, stage: sb.Stage) -> dict:
+        """``WER``/``CER`` (greedy, in %) and, at test time, ``WER_beam``/``CER_beam``."""
+        stats = {}
+        for name, (wer, cer) in self.error_stats.items():
+            suffix = "" if name == "greedy" else f"_{name}"
+            stats[f"WER{suffix}"] = float(wer.summarize("error_rate"))
+            stats[f"CER{suffix}"] = float(cer.summarize("error_rate"))
+        return stats
+
+
+def dataio_prepare(hparams: dict, tokenizer: object) -> dict[str, DynamicItemDataset]:
+    """Datasets of the three splits with audio, words and SentencePiece token ids."""
+    datasets = {
+        split: load_manifest(hparams[f"{split}_csv"], hparams["sorting"], hparams["max_duration"])
+        for split in ("train", "valid", "test")
+    }
+    add_audio_pipeline(datasets.values(), hparams["sample_rate"])
+
+    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.provides("tokens")
+    def text_pipeline(wrd: str) -> torch.Tensor:
+        ids = tokenizer.sp.encode_as_ids(wrd)
+        if not ids:
+            raise ValueError(f"expected a non-empty transcript, got {wrd!r}")
+        return torch.LongTensor(ids)
+
+    sb.dataio.dataset.add_dynamic_item(list(datasets.values()), text_pipeline)
+    return datasets
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Prepare CommonVoice, train the tokenizer and the CTC head, decode the test split;
+    return the metrics."""
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    run_on_main(
+        prepare_commonvoice,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": hparams["prep_folder"],
+            "max_duration": hparams["max_duration"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    run_on_main(hparams["tokenizer"])  # trains the SentencePiece model once, on train.csv
+    tokenizer = hparams["tokenizer"]()
+    datasets = dataio_prepare(hparams, tokenizer)
+    ctc_output = hparams["ctc_output"](n_neurons=tokenizer.sp.vocab_size() + 1)  # + blank
+    hparams["checkpointer"].add_recoverable("ctc_output", ctc_output)
+    brain = ASRBrain(
+        modules={**hparams["modules"], "ctc_output": ctc_output},
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+        tokenizer=tokenizer,
+    )
+    splits = list(datasets.values())
+    sb.dataio.dataset.set_output_keys(splits, ["id", brain.prepare_features(splits), "wrd",
+                                               "tokens"])  # fmt: skip
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["valid"],
+        train_loader_kwargs=loader_options(
+            datasets["train"], hparams["train_dataloader_opts"], hparams["dynamic_batching"]
+        ),
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+    brain.evaluate(
+        datasets["test"],
+        min_key=brain.checkpoint_metric,
+        test_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+    return brain.test_metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

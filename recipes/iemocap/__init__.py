@@ -1,0 +1,1 @@
+"""IEMOCAP 4-class emotion recognition, leave-one-session-out."""

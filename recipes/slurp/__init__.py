@@ -1,0 +1,1 @@
+"""SLURP spoken language understanding (scenario / action / intent classification)."""

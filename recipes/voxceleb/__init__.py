@@ -1,0 +1,1 @@
+"""VoxCeleb1 speaker verification."""

@@ -1,0 +1,177 @@
+"""The ``sb.Brain`` base class of the four downstream recipes.
+
+:class:`DownstreamBrain` turns a batch into head inputs (encoder or cached features, then the
+weighted layer sum), handles the frozen / fine-tuned protocol (two optimizers, a separate
+learning rate, the encoder paused for the first steps), checkpoints, logs every epoch, and writes
+the test metrics JSON and the layer-weights PNG. A recipe subclass writes ``compute_forward`` /
+``compute_objectives`` on top of :meth:`DownstreamBrain.features` and returns its epoch
+statistics from :meth:`DownstreamBrain.stage_stats`.
+
+Hyper-parameters read (all in each recipe's YAML): ``encoder`` (a ``HiddenStates``),
+``weighted_sum``, ``freeze_encoder_steps``, ``encoder_opt_class`` and ``lr_annealing_encoder``
+(fine-tuning only), ``lr_annealing``, ``wav_augment`` and ``feat_augment`` (``null`` for none),
+``cache_features`` and ``feature_cache``, ``train_logger``, ``metrics_file``,
+``layer_weights_plot``; the ``checkpointer`` and ``epoch_counter`` SpeechBrain reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import speechbrain as sb
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.nnet.schedulers import update_learning_rate
+from speechbrain.utils.distributed import run_on_main
+
+from summarymixing.downstream.reporting import plot_layer_weights, write_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class DownstreamBrain(sb.Brain):
+    """Shared training logic of the downstream recipes (see the module docstring).
+
+    Subclasses set :attr:`checkpoint_metric` (the validation statistic that selects the best
+    checkpoint) and :attr:`higher_is_better`, and implement :meth:`stage_stats`.
+    """
+
+    checkpoint_metric = "error_rate"
+    higher_is_better = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.extractor = self.hparams.encoder  # the unwrapped HiddenStates (DDP wraps modules)
+        self.feature_key = "sig"
+        self.test_metrics: dict = {}
+        if self.hparams.cache_features:
+            if not self.extractor.freeze:
+                raise ValueError("expected a frozen encoder to cache features, got freeze=False")
+            if self.hparams.wav_augment is not None:
+                raise ValueError(
+                    "expected wav_augment: null with cache_features (cached features cannot be "
+                    "speed-perturbed), got a waveform augmentation"
+                )
+        if not self.extractor.freeze and self.checkpointer is not None:
+            self.checkpointer.add_recoverable("encoder", self.extractor)
+
+    # ------------------------------------------------------------------ features
+    def prepare_features(self, datasets: Sequence[DynamicItemDataset]) -> str:
+        """With ``cache_features``, encode every utterance once (main process) and read the
+        features from disk afterwards. Returns the dynamic item the batches must carry
+        (``hidden`` for cached features, else ``sig``)."""
+        if not self.hparams.cache_features:
+            return self.feature_key
+        cache = self.hparams.feature_cache
+        self.extractor.to(self.device)
+        run_on_main(cache.fill, args=[datasets, self.extractor, self.device])
+        cache.bind(self.extractor)
+        cache.add_pipeline(datasets)
+        self.feature_key = "hidden"
+        return self.feature_key
+
+    def features(self, batch: sb.dataio.batch.PaddedBatch, stage: sb.Stage) -> tuple:
+        """Head inputs of a batch: the weighted layer sum ``(B, T, D)`` and relative lengths
+        ``(B,)``, augmented in training when the YAML asks."""
+        if self.feature_key == "hidden":
+            hidden, lens = batch.hidden  # (B, T, L + 1, D), cached
+            hidden, lens = hidden.to(self.device), lens.to(self.device)
+        else:
+            wavs, lens = batch.sig  # (B, S)
+            wavs, lens = wavs.to(self.device), lens.to(self.device)
+            if stage == sb.Stage.TRAIN and self.hparams.wav_augment is not None:
+                wavs = self.hparams.wav_augment(wavs)  # speed changes S, not relative lengths
+            hidden = self.modules.encoder(wavs, lens)  # (B, T, L + 1, D)
+        feats = self.modules.weighted_sum(hidden)  # (B, T, D)
+        if stage == sb.Stage.TRAIN and self.hparams.feat_augment is not None:
+            feats = self.hparams.feat_augment(feats)
+        return feats, lens
+
+    # ---------------------------------------------------------------- optimizers
+    def init_optimizers(self) -> None:
+        """One optimizer for the head (``opt_class``), one for a fine-tuned encoder
+        (``encoder_opt_class``, its own learning rate)."""
+        encoder_params = {id(p) for p in self.extractor.parameters()}
+        head = [
+            p for p in self.modules.parameters() if id(p) not in encoder_params and p.requires_grad
+        ]
+        self.optimizer = self.opt_class(head)
+        self.optimizers_dict = {"head": self.optimizer}
+        if not self.extractor.freeze:
+            self.optimizers_dict["encoder"] = self.hparams.encoder_opt_class(
+                self.extractor.parameters()
+            )
+        if self.checkpointer is not None:
+            for name, optimizer in self.optimizers_dict.items():
+                self.checkpointer.add_recoverable(f"optimizer_{name}", optimizer)
+
+    def encoder_paused(self) -> bool:
+        """Whether a fine-tuned encoder is still in its first ``freeze_encoder_steps``."""
+        return self.optimizer_step < self.hparams.freeze_encoder_steps
+
+    def freeze_optimizers(self, optimizers: dict) -> dict:
+        """Leave the encoder's optimizer out while the encoder is paused."""
+        if self.encoder_paused():
+            return {k: v for k, v in optimizers.items() if k != "encoder"}
+        return optimizers
+
+    def on_fit_batch_start(self, batch: sb.dataio.batch.PaddedBatch, should_step: bool) -> None:
+        """Pause or resume a fine-tuned encoder according to the step count."""
+        if not self.extractor.freeze:
+            self.extractor.set_frozen(self.encoder_paused())
+
+    # --------------------------------------------------------------- epoch ends
+    def stage_stats(self, stage: sb.Stage) -> dict:
+        """Statistics of the stage that just ended (subclasses; ``loss`` is added here)."""
+        raise NotImplementedError
+
+    def on_stage_end(self, stage: sb.Stage, stage_loss: float, epoch: int | None = None) -> None:
+        """Log the epoch, anneal learning rates and checkpoint (validation), or write the
+        metrics JSON and layer-weights PNG (test)."""
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {"loss": stage_loss}
+            return
+        stats = {"loss": stage_loss, **self.stage_stats(stage)}
+        if stage == sb.Stage.VALID:
+            # Learning rates follow the validation loss (lower is better for every recipe).
+            lrs = {}
+            _, lrs["lr"] = self.hparams.lr_annealing(stats["loss"])
+            update_learning_rate(self.optimizer, lrs["lr"])
+            if not self.extractor.freeze:
+                _, lrs["lr_encoder"] = self.hparams.lr_annealing_encoder(stats["loss"])
+                update_learning_rate(self.optimizers_dict["encoder"], lrs["lr_encoder"])
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, **lrs, "layer_weights": self.layer_weights()},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            key = "max_keys" if self.higher_is_better else "min_keys"
+            self.checkpointer.save_and_keep_only(
+                meta={self.checkpoint_metric: stats[self.checkpoint_metric]},
+                **{key: [self.checkpoint_metric]},
+            )
+        else:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+            )
+            self.write_results(stats)
+
+    def layer_weights(self) -> list[float]:
+        """The learned softmax weights over the hidden states, rounded for logs."""
+        return [round(w, 4) for w in self.hparams.weighted_sum.weights().tolist()]
+
+    def write_results(self, stats: dict) -> None:
+        """Write ``metrics_file`` (test statistics, layer weights, protocol) and
+        ``layer_weights_plot`` (main process only)."""
+        weights = self.hparams.weighted_sum.weights().tolist()
+        metrics = {
+            "test": {k: v if isinstance(v, int) else float(v) for k, v in stats.items()},
+            "layer_weights": weights,
+            "frozen_encoder": bool(self.extractor.freeze),
+            "epochs": int(self.hparams.epoch_counter.current),
+        }
+        self.test_metrics = metrics
+        if sb.utils.distributed.if_main_process():
+            write_metrics(self.hparams.metrics_file, metrics)
+            plot_layer_weights(weights, self.hparams.layer_weights_plot)
+

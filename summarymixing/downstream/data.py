@@ -1,0 +1,155 @@
+"""Data pipelines shared by the downstream recipes: manifests, audio, labels, loaders.
+
+Manifests are the CSV files of ``data_prep/`` (first column ``ID``, ``duration`` in seconds,
+``wav`` an absolute path; VoxCeleb adds ``start``/``stop`` sample offsets).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.encoder import CategoricalEncoder
+from speechbrain.dataio.sampler import DynamicBatchSampler
+
+from summarymixing.audio import read_audio
+
+logger = logging.getLogger(__name__)
+
+
+def load_manifest(
+    csv_path: str | Path, sorting: str = "original", max_duration: float | None = None
+) -> DynamicItemDataset:
+    """Read a manifest into a dataset, refusing an empty one.
+
+    Arguments
+    ---------
+    csv_path : str or Path
+        SpeechBrain-style CSV manifest.
+    sorting : str
+        ``original`` (keep the file's order; shuffle in the loader), ``ascending`` or
+        ``descending`` by ``duration``.
+    max_duration : float, optional
+        Drop utterances longer than this (seconds).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "empty.csv"
+    >>> _ = path.write_text("ID,duration,wav\\n")
+    >>> load_manifest(path)
+    Traceback (most recent call last):
+    ...
+    ValueError: .../empty.csv: expected a manifest with at least one utterance, got none
+    """
+    if sorting not in ("original", "ascending", "descending"):
+        raise ValueError(f"expected sorting in original/ascending/descending, got {sorting!r}")
+    if not Path(csv_path).is_file():
+        raise FileNotFoundError(f"{csv_path}: manifest not found (run the data preparation)")
+    data = sb.dataio.dataio.load_data_csv(str(csv_path))
+    if not data:
+        raise ValueError(f"{csv_path}: expected a manifest with at least one utterance, got none")
+    dataset = DynamicItemDataset(data)
+    if sorting != "original" or max_duration is not None:
+        dataset = dataset.filtered_sorted(
+            sort_key="duration" if sorting != "original" else None,
+            reverse=sorting == "descending",
+            key_max_value={"duration": max_duration} if max_duration is not None else {},
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"{csv_path}: no utterance left after max_duration={max_duration}")
+    return dataset
+
+
+def add_audio_pipeline(
+    datasets: Sequence[DynamicItemDataset], sample_rate: int = 16000, offsets: bool = False
+) -> None:
+    """Add the dynamic item ``sig`` (1-D waveform) to every dataset.
+
+    With ``offsets``, only the ``[start, stop)`` sample slice of each file is read (VoxCeleb's
+    fixed-length chunks).
+    """
+    if offsets:
+
+        @sb.utils.data_pipeline.takes("wav", "start", "stop")
+        @sb.utils.data_pipeline.provides("sig")
+        def audio_pipeline(wav: str, start: str, stop: str) -> torch.Tensor:
+            return read_audio(wav, int(start), int(stop), sample_rate=sample_rate)
+
+    else:
+
+        @sb.utils.data_pipeline.takes("wav")
+        @sb.utils.data_pipeline.provides("sig")
+        def audio_pipeline(wav: str) -> torch.Tensor:
+            return read_audio(wav, sample_rate=sample_rate)
+
+    sb.dataio.dataset.add_dynamic_item(list(datasets), audio_pipeline)
+
+
+def add_label_pipeline(
+    key: str,
+    train: DynamicItemDataset,
+    others: dict[str, DynamicItemDataset],
+    save_path: str | Path,
+) -> CategoricalEncoder:
+    """Fit a label encoder for column ``key`` on the training set; add ``<key>_encoded``.
+
+    Every label of ``others`` (name -> dataset) must have been seen in training: an unseen one
+    is a ``ValueError`` naming the split, the utterance and the label.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> train = DynamicItemDataset({"a": {"emo": "neu"}, "b": {"emo": "sad"}})
+    >>> test = DynamicItemDataset({"c": {"emo": "hap"}})
+    >>> add_label_pipeline("emo", train, {"test": test}, Path(tempfile.mkdtemp()) / "emo.txt")
+    Traceback (most recent call last):
+    ...
+    ValueError: test utterance 'c': emo label 'hap' not seen in training (known: neu, sad)
+    """
+    encoder = CategoricalEncoder()
+    datasets = [train, *others.values()]
+
+    @sb.utils.data_pipeline.takes(key)
+    @sb.utils.data_pipeline.provides(f"{key}_encoded")
+    def label_pipeline(label: str) -> torch.Tensor:
+        return torch.LongTensor([encoder.encode_label(label)])
+
+    sb.dataio.dataset.add_dynamic_item(datasets, label_pipeline)
+    encoder.load_or_create(path=str(save_path), from_didatasets=[train], output_key=key)
+    known = set(encoder.lab2ind)
+    for name, dataset in others.items():
+        with dataset.output_keys_as(["id", key]):
+            for item in dataset:
+                if item[key] not in known:
+                    raise ValueError(
+                        f"{name} utterance {item['id']!r}: {key} label {item[key]!r} not seen "
+                        f"in training (known: {', '.join(sorted(known))})"
+                    )
+    return encoder
+
+
+def loader_options(
+    dataset: DynamicItemDataset, options: dict, dynamic_batching: dict | None = None
+) -> dict:
+    """Data-loader keyword arguments, with a ``DynamicBatchSampler`` when ``dynamic_batching``
+    (its keyword arguments, lengths read from ``duration``) is given.
+
+    Example
+    -------
+    >>> data = DynamicItemDataset({str(i): {"duration": 1.0 + i} for i in range(6)})
+    >>> opts = loader_options(data, {"batch_size": 2}, {"max_batch_length": 6.0, "num_buckets": 2})
+    >>> sorted(opts)
+    ['batch_sampler']
+    """
+    if not dynamic_batching:
+        return dict(options)
+    sampler = DynamicBatchSampler(
+        dataset, length_func=lambda item: float(item["duration"]), **dynamic_batching
+    )
+    kept = {k: v for k, v in options.items() if k not in ("batch_size", "shuffle", "drop_last")}
+    return {**kept, "batch_sampler": sampler}

@@ -1,0 +1,67 @@
+"""What every downstream run writes: a metrics JSON and a PNG of the learned layer weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+def write_metrics(path: str | Path, metrics: Mapping) -> Path:
+    """Write ``metrics`` as indented JSON (atomically); refuse non-finite numbers.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = write_metrics(Path(tempfile.mkdtemp()) / "metrics.json", {"accuracy": 0.75})
+    >>> json.loads(out.read_text())
+    {'accuracy': 0.75}
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False)
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(text + "\n")
+    os.replace(partial, path)
+    logger.info("Wrote metrics to %s", path)
+    return path
+
+
+def plot_layer_weights(weights: Sequence[float], path: str | Path, title: str = "") -> Path:
+    """Bar chart of the softmax layer weights (index 0 = input embeddings).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = plot_layer_weights([0.2, 0.5, 0.3], Path(tempfile.mkdtemp()) / "w.png")
+    >>> out.read_bytes()[:4] == b"\\x89PNG"
+    True
+    """
+    weights = [float(w) for w in weights]
+    if not weights or not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"expected a non-empty list of finite layer weights, got {weights}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(weights) + 1.5), 3.0))
+    ax.bar(range(len(weights)), weights, color="tab:blue")
+    ax.axhline(1.0 / len(weights), color="gray", linestyle="--", linewidth=1, label="uniform")
+    ax.set_xticks(range(len(weights)))
+    ax.set_xticklabels(["emb"] + [str(i) for i in range(1, len(weights))])
+    ax.set_xlabel("hidden state (emb: input embeddings; n: layer n)")
+    ax.set_ylabel("softmax weight")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,194 @@
+"""End-to-end runs of the four downstream recipes on the mini corpora (CPU, tiny encoder).
+
+The encoder is a randomly initialised tiny ``W2V2Encoder`` exported with ``save_pretrained``:
+learning is what the heads do, and the softmax layer sum includes the input embeddings (front
+end output), which carry the prosody, speaker and phonetic cues the mini corpora are built on.
+Runs use one intra-op thread: the tiny LSTMs are an order of magnitude slower with two threads
+on a busy two-core machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from data_prep.iemocap import prepare_iemocap
+from summarymixing.downstream.classification import prepare_datasets, run_classification
+from summarymixing.export import load_pretrained, save_pretrained
+from summarymixing.w2v2.encoder import build_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ARCH = {
+    "n_mels": 40, "cnn_channels": [32, 32], "d_model": 32, "num_layers": 2, "nhead": 4,
+    "d_ffn": 64, "conv_kernel_size": 3, "local_proj_hid_dim": [32], "summary_hid_dim": [32],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("encoder") / "tiny_w2v2.pt"
+    return save_pretrained(build_encoder(TINY_ARCH), TINY_ARCH, path)
+
+
+@pytest.fixture(scope="module")
+def iemocap_manifests(mini_corpora: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("iemocap_manifests")
+    prepare_iemocap(str(mini_corpora / "IEMOCAP_full_release"), str(folder))
+    return folder
+
+
+def run_recipe(task: str, yaml: str, out: Path, **overrides: object) -> dict:
+    """Run ``recipes.<task>.train`` with ``hparams/<task>/<yaml>`` and ``--key=value`` args."""
+    args = [str(ROOT / "hparams" / task / yaml), f"--output_folder={out}"]
+    args += [f"--{key}={value}" for key, value in overrides.items()]
+    return importlib.import_module(f"recipes.{task}.train").main(args)
+
+
+def check_outputs(folder: Path) -> dict:
+    """metrics.json, the per-epoch log and the layer-weights PNG exist; return the metrics."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    log = (folder / "train_log.txt").read_text()
+    assert "epoch: 1" in log and "test" in log
+    assert (folder / "layer_weights.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(metrics["layer_weights"]) == TINY_ARCH["num_layers"] + 1
+    assert sum(metrics["layer_weights"]) == pytest.approx(1.0, abs=1e-5)
+    return metrics
+
+
+def test_slurp_learns_scenarios(mini_corpora, tiny_encoder, tmp_path):
+    out = tmp_path / "slurp"
+    metrics = run_recipe("slurp", "mini.yaml", out, data_folder=mini_corpora / "slurp",
+                         pretrained_path=tiny_encoder)  # fmt: skip
+    assert metrics == check_outputs(out)
+    test = metrics["test"]
+    # 6 scenarios, the largest 6/21 of the test split; 7 intents (3/21 each)
+    assert test["scenario_accuracy"] > 0.5
+    assert test["intent_accuracy"] > 0.4
+    assert 0.0 <= test["action_accuracy"] <= 1.0
+
+
+def test_iemocap_learns_emotions_over_folds(mini_corpora, tiny_encoder, iemocap_manifests,
+                                            tmp_path):  # fmt: skip
+    out = tmp_path / "iemocap"
+    summary = run_recipe("iemocap", "mini.yaml", out, folds="[1, 2]",
+                         data_folder=mini_corpora / "IEMOCAP_full_release",
+                         pretrained_path=tiny_encoder, prep_folder=iemocap_manifests)  # fmt: skip
+    assert summary == json.loads((out / "metrics.json").read_text())
+    for fold in (1, 2):
+        assert check_outputs(out / f"fold_{fold}")["test"]["emo_accuracy"] > 0.5  # chance 0.25
+    accuracies = [summary["folds"][f]["emo_accuracy"] for f in ("1", "2")]
+    assert summary["mean"]["emo_accuracy"] == pytest.approx(sum(accuracies) / 2)
+
+
+def test_voxceleb_verification(mini_corpora, tiny_encoder, tmp_path):
+    out = tmp_path / "voxceleb"
+    metrics = run_recipe("voxceleb", "mini.yaml", out, data_folder=mini_corpora / "voxceleb1",
+                         pretrained_path=tiny_encoder)  # fmt: skip
+    test = check_outputs(out)["test"]
+    assert metrics["test"] == test
+    assert test["trials"] == len((out / "manifests" / "trials.txt").read_text().splitlines())
+    assert test["EER"] < 0.35, test  # chance level is 0.5
+    assert 0.0 <= test["minDCF"] <= 1.0
+
+
+def test_commonvoice_asr_runs_and_decodes(mini_corpora, tiny_encoder, tmp_path):
+    out = tmp_path / "asr"
+    metrics = run_recipe("asr_commonvoice", "mini.yaml", out,
+                         data_folder=mini_corpora / "cv-corpus-mini" / "cy",
+                         pretrained_path=tiny_encoder)  # fmt: skip
+    test = check_outputs(out)["test"]
+    assert metrics["test"] == test
+    for key in ("WER", "CER", "WER_beam", "CER_beam"):
+        assert 0.0 <= test[key] < 1000.0, key  # percentages; insertions can exceed 100
+    assert list((out / "save" / "tokenizer").glob("*.model"))
+
+
+def load_iemocap_hparams(tiny_encoder, manifests, out, **overrides) -> dict:
+    overrides = {"data_folder": "unused", "pretrained_path": str(tiny_encoder),
+                 "prep_folder": str(manifests), "output_folder": str(out),
+                 "number_of_epochs": 1, **overrides}  # fmt: skip
+    with open(ROOT / "hparams" / "iemocap" / "mini.yaml", encoding="utf-8") as fin:
+        return load_hyperpyyaml(fin, overrides)
+
+
+def changed_parameters(encoder: torch.nn.Module, path: Path) -> int:
+    reference = load_pretrained(path).state_dict()
+    return sum(not torch.equal(v, reference[k]) for k, v in encoder.state_dict().items())
+
+
+def test_frozen_mode_freezes_and_fine_tuning_updates(tiny_encoder, iemocap_manifests, tmp_path):
+    frozen = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "frozen")
+    run_classification(frozen, {"device": "cpu"})
+    encoder = frozen["pretrained"]
+    assert changed_parameters(encoder, tiny_encoder) == 0
+    assert all(not p.requires_grad and p.grad is None for p in encoder.parameters())
+    assert not torch.equal(frozen["weighted_sum"].logits, torch.zeros(3))  # the head learned
+
+    paused = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "paused",
+                                  freeze_encoder=False, freeze_encoder_steps=10_000)  # fmt: skip
+    run_classification(paused, {"device": "cpu"})
+    assert changed_parameters(paused["pretrained"], tiny_encoder) == 0
+
+    tuned = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "tuned",
+                                 freeze_encoder=False, encoder_lr=0.001)  # fmt: skip
+    metrics = run_classification(tuned, {"device": "cpu"})
+    assert not metrics["frozen_encoder"]
+    assert changed_parameters(tuned["pretrained"], tiny_encoder) > 0
+
+
+def test_cached_features_train_the_same_head(tiny_encoder, iemocap_manifests, tmp_path):
+    hparams = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "cached",
+                                   cache_features=True, feat_augment=None, number_of_epochs=3)
+    metrics = run_classification(hparams, {"device": "cpu"})
+    cached = list((tmp_path / "cached" / "feature_cache").glob("*/*.pt"))
+    assert len(cached) == sum(
+        len((iemocap_manifests / "fold_1" / f"{s}.csv").read_text().splitlines()) - 1
+        for s in ("train", "valid", "test")
+    )
+    assert metrics["test"]["emo_accuracy"] > 0.5
+
+
+def test_cache_refuses_waveform_augmentation(tiny_encoder, iemocap_manifests, tmp_path):
+    hparams = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path,
+                                   cache_features=True)  # fmt: skip
+    hparams["wav_augment"] = torch.nn.Identity()  # stands for speed perturbation
+    with pytest.raises(ValueError, match="wav_augment: null with cache_features"):
+        run_classification(hparams, {"device": "cpu"})
+
+
+def test_wrong_architecture_and_missing_encoder(tiny_encoder, iemocap_manifests, tmp_path):
+    with pytest.raises(ValueError, match="key 'd_model': expected 64, found 32"):
+        load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path,
+                             expected_arch={"d_model": 64})  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="no_model.pt"):
+        load_iemocap_hparams(tmp_path / "no_model.pt", iemocap_manifests, tmp_path)
+
+
+def test_unseen_label_and_empty_manifest(tiny_encoder, iemocap_manifests, tmp_path):
+    manifests = tmp_path / "manifests"
+    shutil.copytree(iemocap_manifests / "fold_1", manifests / "fold_1")
+    test_csv = manifests / "fold_1" / "test.csv"
+    lines = test_csv.read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",fru"
+    test_csv.write_text("\n".join(lines) + "\n")
+    hparams = load_iemocap_hparams(tiny_encoder, manifests, tmp_path)
+    with pytest.raises(ValueError, match="emo label 'fru' not seen in training"):
+        prepare_datasets(hparams)
+    test_csv.write_text(lines[0] + "\n")
+    with pytest.raises(ValueError, match="test.csv: expected a manifest with at least one"):
+        prepare_datasets(hparams)
