@@ -169,6 +169,10 @@ def dataio_prepare(hparams: dict) -> tuple:
 def main(argv: list[str]) -> W2V2Brain:
     """Prepare the data, pre-train, export the encoder."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    if run_opts["optimizer_step_limit"] is not None:
+        # A SpeechBrain run option: on the command line it never reaches the YAML, whose
+        # learning-rate schedule must end at the same step.
+        overrides += f"\noptimizer_step_limit: {int(run_opts['optimizer_step_limit'])}"
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
