@@ -168,6 +168,17 @@ def test_non_finite_batches_are_skipped_then_stop_training(
                               "--nonfinite_patience", "0"))
 
 
+def test_resuming_with_another_step_limit_is_refused(
+    recipe: ModuleType, manifests: Path, tmp_path: Path
+) -> None:
+    """A checkpoint's learning-rate schedule ends at its run's step limit; resuming it with
+    another limit would run past the schedule's end (negative learning rates)."""
+    out = tmp_path / "run"
+    recipe.main(mini_argv(manifests, out, "--optimizer_step_limit", "2"))
+    with pytest.raises(ValueError, match="ends at step 2, but optimizer_step_limit is 4"):
+        recipe.main(mini_argv(manifests, out, "--optimizer_step_limit", "4"))
+
+
 def test_unreadable_audio_names_the_file(recipe: ModuleType, tmp_path: Path) -> None:
     broken = tmp_path / "broken.flac"
     broken.write_bytes(b"not audio at all")

@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.decoders import ctc_greedy_decode
 from speechbrain.decoders.ctc import CTCBeamSearcher
@@ -31,7 +30,8 @@ from speechbrain.utils.distributed import run_on_main
 
 from data_prep.commonvoice import prepare_commonvoice
 from summarymixing.downstream.brain import DownstreamBrain
-from summarymixing.downstream.data import add_audio_pipeline, load_manifest, loader_options
+from summarymixing.downstream.data import add_audio_pipeline, load_manifest
+from summarymixing.recipe import load_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -121,15 +121,7 @@ def dataio_prepare(hparams: dict, tokenizer: object) -> dict[str, DynamicItemDat
 def main(argv: list[str] | None = None) -> dict:
     """Prepare CommonVoice, train the tokenizer and the CTC head, decode the test split;
     return the metrics."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts = load_recipe(argv)
     run_on_main(
         prepare_commonvoice,
         kwargs={
@@ -155,15 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     splits = list(datasets.values())
     sb.dataio.dataset.set_output_keys(splits, ["id", brain.prepare_features(splits), "wrd",
                                                "tokens"])  # fmt: skip
-    brain.fit(
-        brain.hparams.epoch_counter,
-        datasets["train"],
-        datasets["valid"],
-        train_loader_kwargs=loader_options(
-            datasets["train"], hparams["train_dataloader_opts"], hparams["dynamic_batching"]
-        ),
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
+    brain.fit_splits(datasets)
     brain.evaluate(
         datasets["test"],
         min_key=brain.checkpoint_metric,

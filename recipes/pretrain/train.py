@@ -30,13 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import speechbrain as sb  # noqa: E402
 import torch  # noqa: E402
-from hyperpyyaml import load_hyperpyyaml  # noqa: E402
 from speechbrain.dataio.sampler import DynamicBatchSampler  # noqa: E402
 from speechbrain.utils.distributed import if_main_process, run_on_main  # noqa: E402
 
 from data_prep.librilight import prepare_librilight  # noqa: E402
 from summarymixing.audio import read_audio  # noqa: E402
 from summarymixing.export import save_pretrained  # noqa: E402
+from summarymixing.recipe import load_recipe  # noqa: E402
 from summarymixing.training import RobustBrain  # noqa: E402
 from summarymixing.w2v2.pretrain import mask_collate_fn, w2v2_objectives  # noqa: E402
 
@@ -77,8 +77,17 @@ class W2V2Brain(RobustBrain):
         return self.hparams.model.quantiser.quantiser
 
     def on_fit_start(self) -> None:
-        """Recover, then put the Gumbel temperature where the recovered step count says."""
+        """Recover; refuse a learning-rate schedule restored from a checkpoint that ends at
+        another step than this run (past its end it goes negative); put the Gumbel temperature
+        where the recovered step count says."""
         super().on_fit_start()
+        schedule_steps = self.hparams.lr_scheduler.total_steps
+        if self.optimizer_step_limit is not None and schedule_steps != self.optimizer_step_limit:
+            raise ValueError(
+                f"the learning-rate schedule in {self.checkpointer.checkpoints_dir} ends at step "
+                f"{schedule_steps}, but optimizer_step_limit is {self.optimizer_step_limit}: "
+                "resume with the same optimizer_step_limit, or start a new output_folder"
+            )
         self.quantiser.update_temp(self.optimizer_step)
 
     def before_optimizer_update(self) -> None:
@@ -168,18 +177,7 @@ def dataio_prepare(hparams: dict) -> tuple:
 
 def main(argv: list[str]) -> W2V2Brain:
     """Prepare the data, pre-train, export the encoder."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    if run_opts["optimizer_step_limit"] is not None:
-        # A SpeechBrain run option: on the command line it never reaches the YAML, whose
-        # learning-rate schedule must end at the same step.
-        overrides += f"\noptimizer_step_limit: {int(run_opts['optimizer_step_limit'])}"
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts = load_recipe(argv)
     run_on_main(
         prepare_librilight,
         kwargs={

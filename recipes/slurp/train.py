@@ -23,25 +23,16 @@ from pathlib import Path
 # Run as a script from anywhere: the repository root holds summarymixing/ and data_prep/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from data_prep.slurp import prepare_slurp
 from summarymixing.downstream.classification import run_classification
+from summarymixing.recipe import load_recipe
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Prepare SLURP, train the head, evaluate the best checkpoint; return the test metrics."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts = load_recipe(argv)
     run_on_main(
         prepare_slurp,
         kwargs={

@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.dataloader import make_dataloader
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import run_on_main
@@ -36,8 +35,8 @@ from summarymixing.downstream.data import (
     add_audio_pipeline,
     add_label_pipeline,
     load_manifest,
-    loader_options,
 )  # fmt: skip
+from summarymixing.recipe import load_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -137,15 +136,7 @@ def dataio_prepare(hparams: dict) -> tuple[dict[str, DynamicItemDataset], int]:
 
 def main(argv: list[str] | None = None) -> dict:
     """Prepare VoxCeleb, train the speaker embedding, score the trials; return the metrics."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams, run_opts = load_recipe(argv)
     run_on_main(
         prepare_voxceleb,
         kwargs={
@@ -171,15 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     for split, dataset in datasets.items():
         labels = ["spk_id_encoded"] if split in ("train", "valid") else []
         dataset.set_output_keys(["id", feature_key, *labels])
-    brain.fit(
-        brain.hparams.epoch_counter,
-        datasets["train"],
-        datasets["valid"],
-        train_loader_kwargs=loader_options(
-            datasets["train"], hparams["train_dataloader_opts"], hparams["dynamic_batching"]
-        ),
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
+    brain.fit_splits(datasets)
     return brain.verify(
         datasets["enrol"], datasets["test"], hparams["trials_file"], hparams["test_dataloader_opts"]
     )

@@ -24,6 +24,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.nnet.schedulers import update_learning_rate
 from speechbrain.utils.distributed import run_on_main
 
+from summarymixing.downstream.data import loader_options
 from summarymixing.downstream.reporting import plot_layer_weights, write_metrics
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,20 @@ class DownstreamBrain(sb.Brain):
         return feats, lens
 
     # ---------------------------------------------------------------- optimizers
+    def fit_splits(self, datasets: dict[str, DynamicItemDataset]) -> None:
+        """Train on ``datasets["train"]``, validating on ``datasets["valid"]``, with the YAML's
+        loader options (dynamic batching when ``dynamic_batching`` is set)."""
+        self.fit(
+            self.hparams.epoch_counter,
+            datasets["train"],
+            datasets["valid"],
+            train_loader_kwargs=loader_options(
+                datasets["train"], self.hparams.train_dataloader_opts,
+                self.hparams.dynamic_batching,
+            ),
+            valid_loader_kwargs=self.hparams.valid_dataloader_opts,
+        )
+
     def init_optimizers(self) -> None:
         """One optimizer for the head (``opt_class``), one for a fine-tuned encoder
         (``encoder_opt_class``, its own learning rate)."""

@@ -23,7 +23,6 @@ from summarymixing.downstream.data import (
     add_audio_pipeline,
     add_label_pipeline,
     load_manifest,
-    loader_options,
 )  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -159,15 +158,7 @@ def run_classification(hparams: dict, run_opts: dict) -> dict:
     feature_key = brain.prepare_features(splits)
     keys = ["id", feature_key, *(f"{key}_encoded" for key in hparams["label_keys"])]
     sb.dataio.dataset.set_output_keys(splits, keys)
-    brain.fit(
-        brain.hparams.epoch_counter,
-        datasets["train"],
-        datasets["valid"],
-        train_loader_kwargs=loader_options(
-            datasets["train"], hparams["train_dataloader_opts"], hparams["dynamic_batching"]
-        ),
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
+    brain.fit_splits(datasets)
     brain.evaluate(
         datasets["test"],
         max_key=brain.checkpoint_metric,
