@@ -24,7 +24,7 @@ benchmark: venv
 	$(PY) -m summarymixing.benchmark --device $(DEVICE)
 
 demo: venv
-	$(PY) -m summarymixing.benchmark --device $(DEVICE) --quick
+	$(PY) recipes/demo/run.py hparams/demo/demo.yaml --device=$(DEVICE)
 
 clean:
-	rm -rf results/benchmark .pytest_cache
+	rm -rf results/benchmark results/demo .pytest_cache

@@ -1,0 +1,1 @@
+"""``make demo``: the whole paper pipeline in miniature (``recipes/demo/run.py``)."""

@@ -1,0 +1,199 @@
+"""The demo's report: read what each stage wrote, tabulate SummaryMixing against MHSA in the
+layout of the paper's table, and draw the plots.
+
+Every number in the report is read from a stage's own output: the pre-training step log
+(``train_steps_log.txt``), the exported encoder, the benchmark CSV and each downstream run's
+``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from summarymixing.benchmark.pretrain import MODELS
+from summarymixing.export import load_pretrained
+
+# (column title, how to read it, paper direction): "lower" or "higher" is better.
+COLUMNS = (
+    ("encoder params (M)", "lower"),
+    ("pre-training s/step", "lower"),
+    ("benchmark s/step", "lower"),
+    ("benchmark peak MiB", "lower"),
+    ("Welsh WER (%)", "lower"),
+    ("SLURP scenario acc.", "higher"),
+    ("SLURP intent acc.", "higher"),
+    ("IEMOCAP acc. (mean of folds)", "higher"),
+    ("VoxCeleb EER", "lower"),
+)
+
+_STEP_LINE = re.compile(r"^step: (\d+) - (.*)$")
+
+
+def read_step_log(path: Path) -> list[dict[str, float]]:
+    """Rows of a ``FileTrainLogger`` step log: ``{"step": n, "loss": ..., ...}``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "log.txt"
+    >>> _ = log.write_text("step: 1 - train loss: 3.10, train seconds_per_step: 2.50e-01\\n")
+    >>> read_step_log(log)
+    [{'step': 1.0, 'loss': 3.1, 'seconds_per_step': 0.25}]
+    """
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        match = _STEP_LINE.match(line.strip())
+        if not match:
+            continue
+        row = {"step": float(match.group(1))}
+        for item in match.group(2).split(", "):
+            key, _, value = item.partition(": ")
+            try:
+                row[key.removeprefix("train ")] = float(value)
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: unreadable value in {item!r}") from error
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no step lines")
+    return rows
+
+
+def median_seconds_per_step(rows: Sequence[Mapping[str, float]], warmup_steps: int) -> float:
+    """Median ``seconds_per_step`` after the first ``warmup_steps`` steps.
+
+    Example
+    -------
+    >>> median_seconds_per_step([{"step": s, "seconds_per_step": s} for s in (1, 2, 3, 4)], 1)
+    3
+    """
+    kept = [row["seconds_per_step"] for row in rows if row["step"] > warmup_steps]
+    if not kept:
+        raise ValueError(f"no step after the first {warmup_steps} to time")
+    return statistics.median(kept)
+
+
+def benchmark_at(path: Path, model: str, seconds: float) -> dict[str, float]:
+    """The pre-training benchmark CSV row of ``model`` (an attention type) at the utterance
+    length ``seconds``."""
+    name = {attention: label for label, attention in MODELS.items()}[model]
+    with open(path, newline="") as stream:
+        for row in csv.DictReader(stream):
+            if row["model"] == name and float(row["seconds_audio"]) == seconds:
+                return {"seconds": float(row["seconds"]), "peak_mib": float(row["peak_mib"])}
+    raise ValueError(f"{path}: no row for model {model!r} at {seconds} s")
+
+
+def collect(
+    attention_type: str,
+    pretrain_folder: Path,
+    downstream_folders: Mapping[str, Path],
+    benchmark_csv: Path,
+    benchmark_seconds: float,
+    warmup_steps: int,
+) -> dict[str, float]:
+    """One model's row of the report, read from its stages' outputs."""
+    encoder = load_pretrained(pretrain_folder / "encoder.pt")
+    steps = read_step_log(pretrain_folder / "train_steps_log.txt")
+    benchmark = benchmark_at(benchmark_csv, attention_type, benchmark_seconds)
+
+    def test_metrics(task: str) -> dict:
+        return json.loads((downstream_folders[task] / "metrics.json").read_text())
+
+    values = (
+        sum(p.numel() for p in encoder.parameters()) / 1e6,
+        median_seconds_per_step(steps, warmup_steps),
+        benchmark["seconds"],
+        benchmark["peak_mib"],
+        test_metrics("asr_commonvoice")["test"]["WER"],
+        test_metrics("slurp")["test"]["scenario_accuracy"],
+        test_metrics("slurp")["test"]["intent_accuracy"],
+        test_metrics("iemocap")["mean"]["emo_accuracy"],
+        test_metrics("voxceleb")["test"]["EER"],
+    )
+    return dict(zip((title for title, _ in COLUMNS), values, strict=True))
+
+
+def layer_weights(folder: Path) -> list[float]:
+    """Learned layer weights of a downstream run (IEMOCAP: those of its first fold)."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    if "layer_weights" not in metrics:
+        first_fold = sorted(folder.glob("fold_*"))[0]
+        metrics = json.loads((first_fold / "metrics.json").read_text())
+    return metrics["layer_weights"]
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """Models as rows, the paper's columns; a last row gives SummaryMixing / MHSA ratios.
+
+    Example
+    -------
+    >>> row = {title: 2.0 for title, _ in COLUMNS}
+    >>> table = markdown_table({"SummaryMixing": row, "regularMHA": row})
+    >>> table.splitlines()[-1].startswith("| ratio SummaryMixing / regularMHA | 1.00 |")
+    True
+    """
+    titles = [title for title, _ in COLUMNS]
+    lines = ["| model | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
+    for model, values in rows.items():
+        lines.append(f"| {model} | " + " | ".join(f"{values[t]:.4g}" for t in titles) + " |")
+    models = list(rows)
+    if len(models) == 2:
+        mine, theirs = rows[models[0]], rows[models[1]]
+        ratios = [mine[t] / theirs[t] if theirs[t] else float("nan") for t in titles]
+        lines.append(f"| ratio {models[0]} / {models[1]} | "
+                     + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(step_logs: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> None:
+    """Pre-training loss and contrastive accuracy against step, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for model, rows in step_logs.items():
+        steps = [row["step"] for row in rows]
+        for axis, key in zip(axes, ("contrastive_per_frame", "accuracy"), strict=True):
+            axis.plot(steps, [row[key] for row in rows], label=model)
+    for axis, label in zip(axes, ("contrastive loss per masked frame", "contrastive accuracy"),
+                           strict=True):
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    figure.suptitle("Mini pre-training on LibriLight (same seed and budget)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_layer_weights(weights: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> None:
+    """Learned layer weights, one panel per task, bars per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(weights)
+    figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.2), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        models = list(weights[task])
+        width = 0.8 / len(models)
+        for index, model in enumerate(models):
+            values = weights[task][model]
+            positions = [layer + index * width for layer in range(len(values))]
+            axis.bar(positions, values, width=width, label=model)
+        axis.set_title(task)
+        axis.set_xlabel("hidden state (0 = input embeddings)")
+        axis.set_ylabel("weight")
+    axes[0][0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
