@@ -52,7 +52,7 @@ def pretrain_step(
 
     Example
     -------
-    >>> step = pretrain_step("SummaryMixing", "small", 1.0, 1, torch.device("cpu"))
+    >>> step = pretrain_step("SummaryMixing", "small", 2.0, 1, torch.device("cpu"))
     >>> step()
     """
     arch = {**SIZES[size], "attention_type": attention_type}
@@ -65,6 +65,11 @@ def pretrain_step(
     wavs = torch.randn(batch_size, samples, device=device)
     wav_lens = torch.ones(batch_size, device=device)
     frames = int(encoder.frontend.output_lengths(torch.tensor([samples]))[0])
+    # SpeechBrain's compute_mask places int(0.65 * frames / 10 + 2) spans of 10 frames at most
+    # and fails when they cannot fit: frames >= 2 * 10 / (1 - 0.65).
+    if frames < 58:
+        raise ValueError(f"expected utterances of at least 58 frames (~1.2 s) for span masking, "
+                         f"got {seconds} s ({frames} frames)")
     mask = torch.as_tensor(compute_mask((batch_size, frames), [frames] * batch_size, 0.65, 10),
                            device=device)
 
