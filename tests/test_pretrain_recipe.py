@@ -3,6 +3,7 @@ export, exact resume, non-finite steps, unreadable audio."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import math
 import re
@@ -177,6 +178,24 @@ def test_resuming_with_another_step_limit_is_refused(
     recipe.main(mini_argv(manifests, out, "--optimizer_step_limit", "2"))
     with pytest.raises(ValueError, match="ends at step 2, but optimizer_step_limit is 4"):
         recipe.main(mini_argv(manifests, out, "--optimizer_step_limit", "4"))
+
+
+def test_utterances_too_short_to_mask_are_refused(
+    recipe: ModuleType, manifests: Path, tmp_path: Path
+) -> None:
+    with open(manifests / "train.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    rows[0].update(duration="0.8", stop=str(int(rows[0]["start"]) + 12800))
+    short = tmp_path / "train.csv"
+    with open(short, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    argv = mini_argv(manifests, tmp_path / "run", "--min_duration", "0.5",
+                     "--optimizer_step_limit", "1")
+    argv[argv.index("--train_csv") + 1] = str(short)
+    with pytest.raises(ValueError, match=rf"{short}: utterance {rows[0]['ID']} lasts 0.8 s"):
+        recipe.main(argv)
 
 
 def test_unreadable_audio_names_the_file(recipe: ModuleType, tmp_path: Path) -> None:

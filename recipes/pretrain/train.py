@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import speechbrain as sb  # noqa: E402
 import torch  # noqa: E402
+from speechbrain.dataio.dataset import DynamicItemDataset  # noqa: E402
 from speechbrain.dataio.sampler import DynamicBatchSampler  # noqa: E402
 from speechbrain.utils.distributed import if_main_process, run_on_main  # noqa: E402
 
@@ -38,7 +39,11 @@ from summarymixing.audio import read_audio  # noqa: E402
 from summarymixing.export import save_pretrained  # noqa: E402
 from summarymixing.recipe import load_recipe  # noqa: E402
 from summarymixing.training import RobustBrain  # noqa: E402
-from summarymixing.w2v2.pretrain import mask_collate_fn, w2v2_objectives  # noqa: E402
+from summarymixing.w2v2.pretrain import (  # noqa: E402
+    mask_collate_fn,
+    min_maskable_frames,
+    w2v2_objectives,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +131,24 @@ class W2V2Brain(RobustBrain):
         )
 
 
+def check_maskable(hparams: dict, manifest: str, dataset: DynamicItemDataset) -> None:
+    """Refuse a manifest whose shortest utterance is too short for span masking (SpeechBrain's
+    ``compute_mask`` would fail at random in the middle of training)."""
+    if len(dataset) == 0:
+        raise ValueError(f"{manifest}: no utterance left between min_duration and max_duration")
+    shortest = min(dataset.data_ids, key=lambda uid: float(dataset.data[uid]["duration"]))
+    seconds = float(dataset.data[shortest]["duration"])
+    samples = torch.tensor([int(seconds * hparams["sample_rate"])])
+    frames = int(hparams["model"].encoder.frontend.output_lengths(samples)[0])
+    fewest = min_maskable_frames(hparams["mask_prob"], hparams["mask_length"])
+    if frames < fewest:
+        raise ValueError(
+            f"{manifest}: utterance {shortest} lasts {seconds} s ({frames} frames), but masking "
+            f"spans of {hparams['mask_length']} frames with probability {hparams['mask_prob']} "
+            f"needs at least {fewest} frames: raise min_duration or filter the manifest"
+        )
+
+
 def dataio_prepare(hparams: dict) -> tuple:
     """Datasets and loader options: LibriLight segments (duration-filtered) with dynamic
     batching for training, the validation set in fixed-size batches; both collated with masks.
@@ -151,6 +174,8 @@ def dataio_prepare(hparams: dict) -> tuple:
 
     sb.dataio.dataset.add_dynamic_item(datasets, audio_pipeline)
     sb.dataio.dataset.set_output_keys(datasets, ["id", "sig"])
+    for key, dataset in (("train_csv", train_data), ("valid_csv", valid_data)):
+        check_maskable(hparams, hparams[key], dataset)
 
     collate = mask_collate_fn(
         hparams["model"].encoder.frontend, hparams["mask_prob"], hparams["mask_length"]

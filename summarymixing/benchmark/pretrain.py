@@ -30,7 +30,7 @@ from summarymixing.benchmark.measure import (
     write_csv,
 )
 from summarymixing.w2v2 import build_encoder
-from summarymixing.w2v2.pretrain import W2V2Pretrainer, w2v2_objectives
+from summarymixing.w2v2.pretrain import W2V2Pretrainer, min_maskable_frames, w2v2_objectives
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,9 @@ def pretrain_step(
     wavs = torch.randn(batch_size, samples, device=device)
     wav_lens = torch.ones(batch_size, device=device)
     frames = int(encoder.frontend.output_lengths(torch.tensor([samples]))[0])
-    # SpeechBrain's compute_mask places int(0.65 * frames / 10 + 2) spans of 10 frames at most
-    # and fails when they cannot fit: frames >= 2 * 10 / (1 - 0.65).
-    if frames < 58:
-        raise ValueError(f"expected utterances of at least 58 frames (~1.2 s) for span masking, "
+    fewest = min_maskable_frames(0.65, 10)
+    if frames < fewest:
+        raise ValueError(f"expected utterances of at least {fewest} frames for span masking, "
                          f"got {seconds} s ({frames} frames)")
     mask = torch.as_tensor(compute_mask((batch_size, frames), [frames] * batch_size, 0.65, 10),
                            device=device)

@@ -8,6 +8,7 @@ The quantiser (``W2VTargetQuantiser``), span masking (``compute_mask`` through
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -96,6 +97,19 @@ class W2V2Pretrainer(nn.Module):
         embeddings = self.feat_proj(context[mask]).view(batch, -1, self.feat_proj.out_features)
         targets, meta = self.quantiser(latents[mask].view(batch, -1, latents.shape[-1]))
         return {"embeddings": embeddings, "targets": targets, "num_masked": mask.sum(), **meta}
+
+
+def min_maskable_frames(mask_prob: float, mask_length: int) -> int:
+    """Fewest frames for which SpeechBrain's ``compute_mask`` always succeeds: it places up to
+    ``int(mask_prob * frames / mask_length + 2)`` spans of ``mask_length`` frames and fails
+    (at random) when they cannot fit in the utterance.
+
+    Example
+    -------
+    >>> min_maskable_frames(0.65, 10)
+    58
+    """
+    return math.floor(2 * mask_length / (1.0 - mask_prob)) + 1
 
 
 def mask_collate_fn(
