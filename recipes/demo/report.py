@@ -79,7 +79,17 @@ def median_seconds_per_step(rows: Sequence[Mapping[str, float]], warmup_steps: i
 
 def benchmark_at(path: Path, model: str, seconds: float) -> dict[str, float]:
     """The pre-training benchmark CSV row of ``model`` (an attention type) at the utterance
-    length ``seconds``."""
+    length ``seconds``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> table = Path(tempfile.mkdtemp()) / "pretrain.csv"
+    >>> rows = ["model,seconds_audio,seconds,peak_mib", "MHSA,20,2.5,900"]
+    >>> _ = table.write_text(chr(10).join(rows))
+    >>> benchmark_at(table, "regularMHA", 20.0)
+    {'seconds': 2.5, 'peak_mib': 900.0}
+    """
     name = {attention: label for label, attention in MODELS.items()}[model]
     with open(path, newline="") as stream:
         for row in csv.DictReader(stream):
@@ -119,7 +129,18 @@ def collect(
 
 
 def layer_weights(folder: Path) -> list[float]:
-    """Learned layer weights of a downstream run (IEMOCAP: those of its first fold)."""
+    """Learned layer weights of a downstream run (IEMOCAP: those of its first fold).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> (run / "fold_1").mkdir()
+    >>> _ = (run / "metrics.json").write_text('{"mean": {}}')
+    >>> _ = (run / "fold_1" / "metrics.json").write_text('{"layer_weights": [0.25, 0.75]}')
+    >>> layer_weights(run)
+    [0.25, 0.75]
+    """
     metrics = json.loads((folder / "metrics.json").read_text())
     if "layer_weights" not in metrics:
         first_fold = sorted(folder.glob("fold_*"))[0]

@@ -119,7 +119,13 @@ def run_stage(name: str, command: list[str], folder: Path, inputs: tuple[Path, .
 
 
 def recipe_command(script: str, hparams_file: str, arguments: dict) -> list[str]:
-    """``python <script> <hparams_file> --key=value ...``."""
+    """``python <script> <hparams_file> --key=value ...``.
+
+    Example
+    -------
+    >>> recipe_command("recipes/slurp/train.py", "hparams/slurp/mini.yaml", {"seed": 3})[1:]
+    ['recipes/slurp/train.py', 'hparams/slurp/mini.yaml', '--seed=3']
+    """
     return [sys.executable, script, hparams_file,
             *(as_argument(key, value) for key, value in arguments.items())]
 
