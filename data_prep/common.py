@@ -22,10 +22,11 @@ from typing import Any
 import soundfile as sf
 from tqdm import tqdm
 
+from summarymixing.files import PARTIAL_SUFFIX, atomic_write, atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 MARKER = ".prep_done.json"
-PARTIAL_SUFFIX = ".partial"
 # Below this many files a worker pool costs more than it saves.
 PARALLEL_THRESHOLD = 256
 # Workers are spawned, not forked: forking after torch has started its thread pools can hang.
@@ -107,17 +108,6 @@ def utf8_lines(path: str | os.PathLike) -> Iterator[str]:
                 raise DataPrepError(f"{where(path, line_no)}: not UTF-8 text ({err})") from err
 
 
-def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through a temporary sibling that replaces it only once complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[Mapping]) -> int:
     """Atomically write a SpeechBrain-style CSV manifest (first column ``ID``).
 
@@ -139,7 +129,7 @@ def write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[Map
         writer.writeheader()
         writer.writerows(rows)
 
-    _atomic(Path(path), write)
+    atomic_write(path, write)
     logger.info("Wrote %d rows to %s", len(rows), path)
     return len(rows)
 
@@ -155,7 +145,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     >>> open(out).read()
     'hello\\n'
     """
-    _atomic(Path(path), lambda handle: handle.write(text))
+    atomic_write_text(path, text)
 
 
 def run_once(

@@ -24,7 +24,6 @@ import logging
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,8 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import is_distributed_initialized
 
+from summarymixing.memory import process_status_kib
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +50,7 @@ class RNGState:
     Example
     -------
     >>> import tempfile
+    >>> from pathlib import Path
     >>> path = Path(tempfile.mkdtemp()) / "rng.ckpt"
     >>> RNGState().save(path)
     >>> first = torch.rand(3)
@@ -245,9 +247,6 @@ def peak_rss_gib() -> float:
     True
     """
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return float("nan")
+        return process_status_kib("VmHWM") / 2**20
+    except (OSError, LookupError):
+        return float("nan")

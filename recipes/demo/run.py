@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.mini import build_mini_corpora
 from recipes.demo import report
+from summarymixing.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ def fingerprint(path: Path) -> str:
 
 
 def _write_marker(marker: Path, identity: dict, finished: bool) -> None:
-    temporary = marker.with_suffix(".tmp")
-    temporary.write_text(json.dumps({**identity, "finished": finished}, indent=1))
-    os.replace(temporary, marker)
+    atomic_write_text(marker, json.dumps({**identity, "finished": finished}, indent=1))
 
 
 def run_stage(name: str, command: list[str], folder: Path, inputs: tuple[Path, ...] = ()) -> None:
@@ -235,11 +233,8 @@ def write_report(hparams: dict, rows: dict, benchmark_plot: Path) -> None:
         "", "![learned layer weights](plots/layer_weights.png)", "",
     ])
     report_file = Path(hparams["report_file"])
-    for path, content in ((report_file, text),
-                          (report_file.with_suffix(".json"), json.dumps(rows, indent=1))):
-        temporary = path.with_suffix(path.suffix + ".tmp")
-        temporary.write_text(content, encoding="utf-8")
-        os.replace(temporary, path)
+    atomic_write_text(report_file, text)
+    atomic_write_text(report_file.with_suffix(".json"), json.dumps(rows, indent=1))
     print(f"\n{table}\n\nreport: {report_file}")
 
 

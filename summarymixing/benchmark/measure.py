@@ -12,14 +12,16 @@ import csv
 import ctypes
 import logging
 import math
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import torch
+
+from summarymixing.files import atomic_write
+from summarymixing.memory import process_status_kib
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +36,6 @@ def pin_cpu_allocator() -> None:
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
     except (OSError, AttributeError):
         logger.warning("could not pin glibc's mmap threshold: CPU peak memory is approximate")
-
-
-def _read_status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
 def peak_memory_of(step: Callable[[], None], device: torch.device) -> float:
@@ -64,11 +58,11 @@ def peak_memory_of(step: Callable[[], None], device: torch.device) -> float:
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")  # resets VmHWM to the current resident set size
-        start_kib = _read_status_kib("VmRSS")
+        start_kib = process_status_kib("VmRSS")
     except OSError:
         return math.nan
     step()
-    return float(_read_status_kib("VmHWM") - start_kib) * 1024
+    return float(process_status_kib("VmHWM") - start_kib) * 1024
 
 
 def seconds_of(step: Callable[[], None], device: torch.device) -> float:
@@ -142,22 +136,19 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
     Example
     -------
+    >>> import tempfile
     >>> out = Path(tempfile.mkdtemp()) / "rows.csv"
     >>> write_csv([{"frames": 250, "seconds": 0.1}], out)
     >>> out.read_text().splitlines()[0]
     'frames,seconds'
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+
+    def write(stream: TextIO) -> None:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def plot_time_and_memory(
@@ -169,6 +160,7 @@ def plot_time_and_memory(
     -------
     >>> rows = [{"model": "m", "frames": t, "seconds": t / 1e3, "peak_mib": t / 10}
     ...         for t in (250, 500)]
+    >>> import tempfile
     >>> out = Path(tempfile.mkdtemp()) / "plot.png"
     >>> plot_time_and_memory(rows, "frames", "frames", "demo", out)
     >>> out.stat().st_size > 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from summarymixing.files import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +29,7 @@ def write_metrics(path: str | Path, metrics: Mapping) -> Path:
     {'accuracy': 0.75}
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False)
-    partial = path.with_suffix(path.suffix + ".partial")
-    partial.write_text(text + "\n")
-    os.replace(partial, path)
+    atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n")
     logger.info("Wrote metrics to %s", path)
     return path
 
