@@ -15,20 +15,21 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from summarymixing.benchmark.measure import format_table
 from summarymixing.benchmark.pretrain import MODELS
 from summarymixing.export import load_pretrained
 
-# (column title, how to read it, paper direction): "lower" or "higher" is better.
+# The paper's table: its columns, in order.
 COLUMNS = (
-    ("encoder params (M)", "lower"),
-    ("pre-training s/step", "lower"),
-    ("benchmark s/step", "lower"),
-    ("benchmark peak MiB", "lower"),
-    ("Welsh WER (%)", "lower"),
-    ("SLURP scenario acc.", "higher"),
-    ("SLURP intent acc.", "higher"),
-    ("IEMOCAP acc. (mean of folds)", "higher"),
-    ("VoxCeleb EER", "lower"),
+    "encoder params (M)",
+    "pre-training s/step",
+    "benchmark s/step",
+    "benchmark peak MiB",
+    "Welsh WER (%)",
+    "SLURP scenario acc.",
+    "SLURP intent acc.",
+    "IEMOCAP acc. (mean of folds)",
+    "VoxCeleb EER",
 )
 
 _STEP_LINE = re.compile(r"^step: (\d+) - (.*)$")
@@ -125,7 +126,7 @@ def collect(
         test_metrics("iemocap")["mean"]["emo_accuracy"],
         test_metrics("voxceleb")["test"]["EER"],
     )
-    return dict(zip((title for title, _ in COLUMNS), values, strict=True))
+    return dict(zip(COLUMNS, values, strict=True))
 
 
 def layer_weights(folder: Path) -> list[float]:
@@ -153,22 +154,18 @@ def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
 
     Example
     -------
-    >>> row = {title: 2.0 for title, _ in COLUMNS}
+    >>> row = {title: 2.0 for title in COLUMNS}
     >>> table = markdown_table({"SummaryMixing": row, "regularMHA": row})
     >>> table.splitlines()[-1].startswith("| ratio SummaryMixing / regularMHA | 1.00 |")
     True
     """
-    titles = [title for title, _ in COLUMNS]
-    lines = ["| model | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
-    for model, values in rows.items():
-        lines.append(f"| {model} | " + " | ".join(f"{values[t]:.4g}" for t in titles) + " |")
+    table = [{"model": model, **values} for model, values in rows.items()]
     models = list(rows)
     if len(models) == 2:
         mine, theirs = rows[models[0]], rows[models[1]]
-        ratios = [mine[t] / theirs[t] if theirs[t] else float("nan") for t in titles]
-        lines.append(f"| ratio {models[0]} / {models[1]} | "
-                     + " | ".join(f"{r:.2f}" for r in ratios) + " |")
-    return "\n".join(lines)
+        ratios = {t: f"{mine[t] / theirs[t] if theirs[t] else float('nan'):.2f}" for t in COLUMNS}
+        table.append({"model": f"ratio {models[0]} / {models[1]}", **ratios})
+    return format_table(table, ["model", *COLUMNS])
 
 
 def plot_curves(step_logs: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> None:
