@@ -120,6 +120,22 @@ def test_pre_cut_folder_gives_whole_files(tmp_path):
     ]  # fmt: skip
 
 
+def test_paper_selection_by_default_and_hours_logged(tmp_path, caplog):
+    # Pre-cut segments of 9, 10, 20.2 and 21 s: the paper keeps 10 to 20.2 s.
+    for name, seconds in {"s_0": 9.0, "s_1": 10.0, "s_2": 20.2, "s_3": 21.0}.items():
+        path = tmp_path / "cut" / "42" / "book" / f"{name}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, np.full(round(seconds * SR), 100, dtype=np.int16), SR)
+    with caplog.at_level("INFO", logger="data_prep.librilight"):
+        prepare_librilight(str(tmp_path / "cut"), str(tmp_path / "out"), split=None,
+                           valid_fraction=0.0)  # fmt: skip
+    rows = read_csv(tmp_path / "out" / "train.csv")
+    assert sorted(float(r["duration"]) for r in rows) == [10.0, pytest.approx(20.2)]
+    kept_h, dropped_h = (30.2 / 3600, 30.0 / 3600)
+    assert f"2 segments kept ({kept_h:.2f} h)" in caplog.text
+    assert f"2 outside [10.0, 20.2] s dropped ({dropped_h:.2f} h)" in caplog.text
+
+
 def test_vad_segments_splits_long_spans():
     assert vad_segments([(0, 100)], min_len=10, max_len=40) == [(0, 33), (33, 66), (66, 100)]
     assert vad_segments([], min_len=1, max_len=2) == []
