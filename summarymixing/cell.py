@@ -7,24 +7,35 @@ Self-Attention for Speech Recognition and Understanding", arXiv 2307.07421) mixe
 - a local branch ``f`` applied to every frame: ``f(x_t)``;
 - a summary branch ``s`` applied to every frame and averaged over the valid frames of the
   utterance: ``s_bar = 1/T * sum_t s(x_t)``;
-- a combiner ``c`` merging both: ``h_t = c(f(x_t), s_bar)``.
+- a combiner ``c`` merging both: ``h_t = c([f(x_t); s_bar])``, a linear layer and activation.
 
-Cost is linear in ``T``. The combiner is a linear layer on the concatenation ``[f(x_t); s_bar]``
-followed by the activation; it is computed here as ``W_f f(x_t) + (W_s s_bar + b)`` so that the
-summary half runs once per utterance and neither the concatenation nor the summary repeated over
-time is ever materialised.
+Cost is linear in ``T``. The network is the one the authors trained (their ``SummaryMixing``
+module inside their Conformer): every branch layer is a per-head linear layer followed by the
+activation (no dropout inside the branches); one dropout is applied to the concatenation
+``[f(x_t); s_bar]`` just before the combiner; weights and biases are initialised as theirs
+(see ``GroupedLinear`` and ``head_linear``).
 
-Modes:
+The combiner is computed as ``W_f f(x_t) + (W_s s_bar + b)``: in evaluation and without dropout
+the summary half runs once per utterance and neither the concatenation nor the summary repeated
+over time is materialised. In training with dropout, the authors' dropout draws an independent
+mask for every frame, so the summary half then runs per frame (``summary_dropout="frame"``, the
+default); ``summary_dropout="utterance"`` draws one mask per utterance for the summary half and
+keeps it once per utterance (cheaper, not the authors' regularisation).
 
-- ``"SummaryMixing"``: local + summary branches and the combiner (as above);
-- ``"SummaryMixing-lite"``: summary branch only, ``h_t = s_bar``;
-- ``"SummaryMixing-fast"``: one joint projection of ``x_t`` split into a local half and a
-  summary half, then the combiner.
+Modes (as the authors define them):
+
+- ``"SummaryMixing"``: per-head local and summary MLPs, layer norms on the local output and on
+  the summary (after the mean) when ``use_layernorm``, dropout, combiner;
+- ``"SummaryMixing-lite"``: the per-head summary MLP only, no layer norm, no dropout:
+  ``h_t = s_bar``;
+- ``"SummaryMixing-fast"``: ONE dense projection and activation ``d_model -> L + S`` (no hidden
+  layer, no layer norm) split into a local half and a summary half, dropout, combiner.
 
 Padding follows SpeechBrain: ``key_padding_mask`` is ``True`` at padded frames. Unlike the
 published implementation, which multiplied by that mask as if ``True`` meant "valid" (so every
 utterance without padding came out NaN), padded frames are excluded from the mean here and an
-utterance without padding is unaffected.
+utterance without padding is unaffected; chunked or causal summaries (``attn_mask``) also
+exclude padding from their denominator.
 """
 
 from __future__ import annotations
@@ -40,11 +51,17 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 MODES = ("SummaryMixing", "SummaryMixing-lite", "SummaryMixing-fast")
+SUMMARY_DROPOUTS = ("frame", "utterance")
 
 
 class GroupedLinear(nn.Module):
     """Block-diagonal linear layer: the features are split into ``groups`` heads, each with its
     own weights, so heads are projected independently.
+
+    Initialised as the authors' per-head layer: the weight ``(groups, in/groups, out/groups)``
+    uniform in ``±1/sqrt((in/groups) * (out/groups))`` (``kaiming_uniform_(a=sqrt(5))`` on that
+    3-D tensor: ±0.0104 for 768 -> 768 with 8 heads), the bias uniform in
+    ``±1/sqrt(out/groups)``.
 
     Arguments
     ---------
@@ -53,7 +70,8 @@ class GroupedLinear(nn.Module):
     out_features : int
         Output size, divisible by ``groups``.
     groups : int
-        Number of independent heads; 1 gives an ordinary linear layer.
+        Number of independent heads (the branches use ``nn.Linear`` for one head, see
+        ``head_linear``).
     bias : bool
         Whether to add a bias.
 
@@ -81,16 +99,16 @@ class GroupedLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Uniform initialisation with the bounds nn.Linear uses, per head."""
-        bound = 1.0 / math.sqrt(self.in_features // self.groups)
+        """The authors' per-head initialisation (see the class docstring)."""
+        head_in, head_out = self.in_features // self.groups, self.out_features // self.groups
+        bound = 1.0 / math.sqrt(head_in * head_out)
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+            bias_bound = 1.0 / math.sqrt(head_out)
+            nn.init.uniform_(self.bias, -bias_bound, bias_bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Project ``x`` of shape ``(..., in_features)`` to ``(..., out_features)``."""
-        if self.groups == 1:
-            return F.linear(x, self.weight[0].t(), self.bias)
         heads = x.unflatten(-1, (self.groups, -1))  # (..., G, in/G)
         out = torch.einsum("...gi,gio->...go", heads, self.weight).flatten(-2)  # (..., out)
         return out if self.bias is None else out + self.bias
@@ -99,26 +117,43 @@ class GroupedLinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, groups={self.groups}"
 
 
+def head_linear(in_features: int, out_features: int, groups: int) -> nn.Module:
+    """A branch projection as the authors build it: ``GroupedLinear`` for several heads, else
+    ``nn.Linear`` (default weight initialisation) with its bias set to zero.
+
+    Example
+    -------
+    >>> head_linear(8, 4, groups=1).bias.abs().sum().item()
+    0.0
+    >>> type(head_linear(8, 4, groups=2)).__name__
+    'GroupedLinear'
+    """
+    if groups > 1:
+        return GroupedLinear(in_features, out_features, groups)
+    layer = nn.Linear(in_features, out_features)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def branch_mlp(
     in_features: int,
     hidden_dims: Sequence[int],
     out_features: int,
     groups: int,
     activation: type[nn.Module],
-    dropout: float,
 ) -> nn.Sequential:
-    """A stack of (grouped linear, activation, dropout) blocks: ``in -> hidden... -> out``.
+    """A stack of (per-head linear, activation) blocks: ``in -> hidden... -> out``, no dropout.
 
     Example
     -------
-    >>> mlp = branch_mlp(8, [16], 8, groups=2, activation=nn.GELU, dropout=0.0)
+    >>> mlp = branch_mlp(8, [16], 8, groups=2, activation=nn.GELU)
     >>> mlp(torch.randn(2, 3, 8)).shape
     torch.Size([2, 3, 8])
     """
     blocks: list[nn.Module] = []
     sizes = [in_features, *hidden_dims, out_features]
     for size_in, size_out in zip(sizes[:-1], sizes[1:], strict=True):
-        blocks += [GroupedLinear(size_in, size_out, groups), activation(), nn.Dropout(dropout)]
+        blocks += [head_linear(size_in, size_out, groups), activation()]
     return nn.Sequential(*blocks)
 
 
@@ -130,26 +165,35 @@ class SummaryMixing(nn.Module):
     d_model : int
         Input and output size ``D``.
     nhead : int
-        Number of heads: the local and summary projections are block-diagonal over ``nhead``
-        groups (``SummaryMixing`` and ``SummaryMixing-lite`` modes).
+        Number of heads: the local and summary MLPs are block-diagonal over ``nhead`` groups
+        (``SummaryMixing`` and ``SummaryMixing-lite`` modes; the fast mode's projection is dense).
     local_proj_hid_dim : sequence of int, optional
-        Hidden sizes of the local branch ``f`` (default ``[d_model]``). In ``SummaryMixing-fast``
-        mode, the hidden sizes of the joint projection.
+        Hidden sizes of the local branch ``f`` (default ``[d_model]``; ``SummaryMixing`` mode).
     local_proj_out_dim : int, optional
-        Output size of ``f`` (default ``d_model``).
+        Output size ``L`` of ``f`` (default ``d_model``); in ``SummaryMixing-fast`` mode, the
+        size of the local half of the joint projection.
     summary_hid_dim : sequence of int, optional
-        Hidden sizes of the summary branch ``s`` (default ``[d_model]``).
+        Hidden sizes of the summary branch ``s`` (default ``[d_model]``; ``SummaryMixing`` and
+        ``SummaryMixing-lite`` modes).
     summary_out_dim : int, optional
-        Output size of ``s`` (default ``d_model``; must be ``d_model`` in lite mode).
+        Output size ``S`` of ``s``: default ``d_model``, and in ``SummaryMixing-fast`` mode
+        ``local_proj_out_dim`` (the authors' two equal halves); must be ``d_model`` in lite mode.
     mode : str
         One of ``"SummaryMixing"``, ``"SummaryMixing-lite"``, ``"SummaryMixing-fast"``.
     activation : type of nn.Module
-        Activation class used after every projection and in the combiner.
+        Activation class used after every projection and in the combiner (the encoders pass
+        their own activation, as the authors' Conformer does).
     dropout : float
-        Dropout after every hidden activation of the branches.
+        Dropout on the concatenation ``[f(x_t); s_bar]`` before the combiner (training only;
+        none inside the branches, none in lite mode).
     use_layernorm : bool
-        Apply a layer norm to the local branch's output and to the summary vector (after the
-        mean, as the reference implementation does).
+        ``SummaryMixing`` mode: layer norms on the local branch's output and on the summary
+        (after the mean). The authors' lite and fast modes have none, and neither do these.
+    summary_dropout : str
+        How the dropout masks the summary half in training: ``"frame"`` (default, the authors'),
+        an independent mask for every frame, so the summary half of the combiner runs per frame;
+        ``"utterance"``, one mask per utterance shared by all its frames, so it still runs once
+        per utterance (cheaper).
 
     Example
     -------
@@ -173,58 +217,75 @@ class SummaryMixing(nn.Module):
         activation: type[nn.Module] = nn.GELU,
         dropout: float = 0.0,
         use_layernorm: bool = True,
+        summary_dropout: str = "frame",
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"expected mode in {MODES}, got {mode!r}")
+        if summary_dropout not in SUMMARY_DROPOUTS:
+            raise ValueError(
+                f"expected summary_dropout in {SUMMARY_DROPOUTS}, got {summary_dropout!r}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"expected dropout in [0, 1), got {dropout}")
         if d_model % nhead != 0:
             raise ValueError(f"expected d_model divisible by nhead={nhead}, got {d_model}")
         local_hidden = list(local_proj_hid_dim) if local_proj_hid_dim is not None else [d_model]
         summary_hidden = list(summary_hid_dim) if summary_hid_dim is not None else [d_model]
         self.local_out_dim = local_proj_out_dim or d_model
-        self.summary_out_dim = summary_out_dim or d_model
+        fast = mode == "SummaryMixing-fast"
+        self.summary_out_dim = summary_out_dim or (self.local_out_dim if fast else d_model)
         self.d_model = d_model
         self.mode = mode
+        self.dropout = dropout
+        self.summary_dropout = summary_dropout
+        self._warn_unused(mode, local_proj_hid_dim, local_proj_out_dim, summary_hid_dim)
 
-        if mode == "SummaryMixing-lite":
-            if self.summary_out_dim != d_model:
-                raise ValueError(
-                    f"expected summary_out_dim == d_model ({d_model}) in SummaryMixing-lite mode "
-                    f"(the summary is the output), got {self.summary_out_dim}"
-                )
-            if local_proj_hid_dim is not None or local_proj_out_dim is not None:
-                logger.warning("SummaryMixing-lite has no local branch: local_proj_* are unused")
-        if mode == "SummaryMixing-fast" and summary_hid_dim is not None:
-            if summary_hidden != local_hidden:
-                logger.warning(
-                    "SummaryMixing-fast uses one joint projection with hidden sizes "
-                    "local_proj_hid_dim=%s; summary_hid_dim=%s is unused",
-                    local_hidden,
-                    summary_hidden,
-                )
-
-        if mode == "SummaryMixing-fast":
+        if mode == "SummaryMixing-lite" and self.summary_out_dim != d_model:
+            raise ValueError(
+                f"expected summary_out_dim == d_model ({d_model}) in SummaryMixing-lite mode "
+                f"(the summary is the output), got {self.summary_out_dim}"
+            )
+        if fast:
+            # One dense layer (the authors' n_split=1) d_model -> L + S, then the activation.
             self.joint_proj = branch_mlp(
-                d_model, local_hidden, self.local_out_dim + self.summary_out_dim, 1,
-                activation, dropout,
+                d_model, [], self.local_out_dim + self.summary_out_dim, 1, activation
             )
         else:
             self.summary_proj = branch_mlp(
-                d_model, summary_hidden, self.summary_out_dim, nhead, activation, dropout
+                d_model, summary_hidden, self.summary_out_dim, nhead, activation
             )
         if mode == "SummaryMixing":
             self.local_proj = branch_mlp(
-                d_model, local_hidden, self.local_out_dim, nhead, activation, dropout
+                d_model, local_hidden, self.local_out_dim, nhead, activation
             )
         if mode != "SummaryMixing-lite":
-            self.combiner = nn.Linear(self.local_out_dim + self.summary_out_dim, d_model)
+            self.combiner = head_linear(self.local_out_dim + self.summary_out_dim, d_model, 1)
             self.combiner_activation = activation()
 
-        self.use_layernorm = use_layernorm
-        if use_layernorm:
+        self.use_layernorm = use_layernorm and mode == "SummaryMixing"
+        if self.use_layernorm:
+            self.local_norm = nn.LayerNorm(self.local_out_dim)
             self.summary_norm = nn.LayerNorm(self.summary_out_dim)
-            if mode != "SummaryMixing-lite":
-                self.local_norm = nn.LayerNorm(self.local_out_dim)
+
+    @staticmethod
+    def _warn_unused(
+        mode: str,
+        local_proj_hid_dim: Sequence[int] | None,
+        local_proj_out_dim: int | None,
+        summary_hid_dim: Sequence[int] | None,
+    ) -> None:
+        if mode == "SummaryMixing-lite" and (
+            local_proj_hid_dim is not None or local_proj_out_dim is not None
+        ):
+            logger.warning("SummaryMixing-lite has no local branch: local_proj_* are unused")
+        if mode == "SummaryMixing-fast" and (
+            local_proj_hid_dim is not None or summary_hid_dim is not None
+        ):
+            logger.warning(
+                "SummaryMixing-fast has one projection without hidden layers: "
+                "local_proj_hid_dim and summary_hid_dim are unused"
+            )
 
     def forward(
         self,
@@ -272,18 +333,32 @@ class SummaryMixing(nn.Module):
             summary_frames = self.summary_proj(query)  # (B, T, S)
             local = self.local_proj(query) if self.mode == "SummaryMixing" else None
         summary = masked_mean(summary_frames, padding, summary_weights)  # (B, 1 or T, S)
-        if self.use_layernorm:
-            summary = self.summary_norm(summary)
-            local = self.local_norm(local) if local is not None else None
         if local is None:
             return summary.expand(batch, time, self.summary_out_dim), None
+        if self.use_layernorm:
+            local = self.local_norm(local)
+            summary = self.summary_norm(summary)
+        return self._combine(local, summary), None
 
+    def _combine(self, local: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        """``c(dropout([f(x_t); s_bar]))`` from ``local`` ``(B, T, L)`` and ``summary``
+        ``(B, 1 or T, S)``, as ``act(W_f f(x_t) + W_s s_bar + b)``."""
+        if self.training and self.dropout > 0.0:
+            local = F.dropout(local, self.dropout)  # (B, T, L), a mask per frame
+            batch, time, _ = local.shape
+            if self.summary_dropout == "frame":
+                # A mask per frame, as on the authors' concatenation: the summary half of the
+                # combiner then runs per frame.
+                summary = F.dropout(summary.expand(batch, time, -1), self.dropout)  # (B, T, S)
+            else:
+                keep = F.dropout(summary.new_ones(batch, 1, self.summary_out_dim), self.dropout)
+                summary = summary * keep  # (B, 1 or T, S), one mask per utterance
         weight_local, weight_summary = self.combiner.weight.split(
             [self.local_out_dim, self.summary_out_dim], dim=1
         )
         summary_term = F.linear(summary, weight_summary, self.combiner.bias)  # (B, 1 or T, D)
         mixed = F.linear(local, weight_local) + summary_term  # (B, T, D)
-        return self.combiner_activation(mixed), None
+        return self.combiner_activation(mixed)
 
     def _check_inputs(
         self, query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor | None

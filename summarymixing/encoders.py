@@ -254,9 +254,12 @@ class ConformerEncoder(MixerEncoder):
     attention_type : str
         ``SummaryMixing``, ``regularMHA``, ``RelPosMHAXL`` or ``SDPA``.
     local_proj_hid_dim, local_proj_out_dim, summary_hid_dim, summary_out_dim, mode,
-    summary_activation, use_layernorm
+    use_layernorm, summary_dropout
         SummaryMixing options (see ``summarymixing.SummaryMixing``); used only when
-        ``attention_type`` is ``SummaryMixing``.
+        ``attention_type`` is ``SummaryMixing``. The cell's dropout is ``dropout``.
+    summary_activation : type of nn.Module, optional
+        SummaryMixing's activation; ``None`` (default) gives it the layers' ``activation``
+        (Swish), as in the authors' Conformer.
     layerdrop_prob, output_hidden_states, activation_checkpointing
         See ``MixerEncoder``.
 
@@ -285,13 +288,15 @@ class ConformerEncoder(MixerEncoder):
         summary_hid_dim: Sequence[int] | None = None,
         summary_out_dim: int | None = None,
         mode: str = "SummaryMixing",
-        summary_activation: type[nn.Module] = nn.GELU,
+        summary_activation: type[nn.Module] | None = None,
         use_layernorm: bool = True,
+        summary_dropout: str = "frame",
         layerdrop_prob: float = 0.0,
         output_hidden_states: bool = False,
         activation_checkpointing: bool = False,
     ):
         _check_attention_type(attention_type)
+        cell_activation = activation if summary_activation is None else summary_activation
         layers = [
             ConformerLayer(
                 d_model, d_ffn, nhead,
@@ -299,7 +304,8 @@ class ConformerEncoder(MixerEncoder):
                     attention_type, d_model, nhead, dropout=dropout, causal=causal,
                     local_proj_hid_dim=local_proj_hid_dim, local_proj_out_dim=local_proj_out_dim,
                     summary_hid_dim=summary_hid_dim, summary_out_dim=summary_out_dim, mode=mode,
-                    summary_activation=summary_activation, use_layernorm=use_layernorm,
+                    summary_activation=cell_activation,
+                    use_layernorm=use_layernorm, summary_dropout=summary_dropout,
                 ),
                 kernel_size=kernel_size, activation=activation, bias=bias, dropout=dropout,
                 causal=causal,
@@ -316,7 +322,8 @@ class TransformerEncoder(MixerEncoder):
     """Transformer encoder (SpeechBrain layers, pre-norm by default) with a selectable mixer.
 
     Arguments are those of ``ConformerEncoder`` without the convolution options, plus
-    ``normalize_before`` (pre-norm layers).
+    ``normalize_before`` (pre-norm layers); ``summary_activation=None`` gives SummaryMixing the
+    layers' ``activation`` (ReLU by default).
 
     Example
     -------
@@ -340,13 +347,15 @@ class TransformerEncoder(MixerEncoder):
         summary_hid_dim: Sequence[int] | None = None,
         summary_out_dim: int | None = None,
         mode: str = "SummaryMixing",
-        summary_activation: type[nn.Module] = nn.GELU,
+        summary_activation: type[nn.Module] | None = None,
         use_layernorm: bool = True,
+        summary_dropout: str = "frame",
         layerdrop_prob: float = 0.0,
         output_hidden_states: bool = False,
         activation_checkpointing: bool = False,
     ):
         _check_attention_type(attention_type)
+        cell_activation = activation if summary_activation is None else summary_activation
         layers = [
             TransformerLayer(
                 d_model, d_ffn, nhead,
@@ -354,7 +363,8 @@ class TransformerEncoder(MixerEncoder):
                     attention_type, d_model, nhead, dropout=dropout,
                     local_proj_hid_dim=local_proj_hid_dim, local_proj_out_dim=local_proj_out_dim,
                     summary_hid_dim=summary_hid_dim, summary_out_dim=summary_out_dim, mode=mode,
-                    summary_activation=summary_activation, use_layernorm=use_layernorm,
+                    summary_activation=cell_activation,
+                    use_layernorm=use_layernorm, summary_dropout=summary_dropout,
                 ),
                 activation=activation, dropout=dropout, normalize_before=normalize_before,
             )

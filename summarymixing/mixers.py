@@ -104,12 +104,16 @@ def build_mixer(
     mode: str = "SummaryMixing",
     summary_activation: type[nn.Module] = nn.GELU,
     use_layernorm: bool = True,
+    summary_dropout: str = "frame",
 ) -> nn.Module:
     """Build the token mixer named by ``attention_type``.
 
     The ``local_*``, ``summary_*``, ``mode`` and ``use_layernorm`` options configure
-    SummaryMixing and are used only by it; ``causal`` masks future positions in
-    ``RelPosMHAXL`` (other mixers take causal masks through ``attn_mask``).
+    SummaryMixing and are used only by it (``summary_activation`` is its ``activation``; the
+    encoders pass their own layer activation here); ``dropout`` is SummaryMixing's dropout on
+    the concatenation before its combiner, or the attention dropout of the other mixers;
+    ``causal`` masks future positions in ``RelPosMHAXL`` (other mixers take causal masks through
+    ``attn_mask``).
 
     Example
     -------
@@ -123,7 +127,7 @@ def build_mixer(
             d_model, nhead, local_proj_hid_dim=local_proj_hid_dim,
             local_proj_out_dim=local_proj_out_dim, summary_hid_dim=summary_hid_dim,
             summary_out_dim=summary_out_dim, mode=mode, activation=summary_activation,
-            dropout=dropout, use_layernorm=use_layernorm,
+            dropout=dropout, use_layernorm=use_layernorm, summary_dropout=summary_dropout,
         )
     if attention_type == "regularMHA":
         return MultiheadAttention(nhead=nhead, d_model=d_model, dropout=dropout)

@@ -3,7 +3,9 @@
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
+from speechbrain.nnet.activations import Swish
 from speechbrain.nnet.attention import MultiheadAttention, RelPosMHAXL
+from torch import nn
 
 from summarymixing import ATTENTION_TYPES, ConformerEncoder, MultiheadSDPA, SummaryMixing
 from summarymixing.encoders import TransformerEncoder
@@ -79,6 +81,38 @@ def test_activation_checkpointing_gives_the_same_gradients():
         gradients.append([p.grad for p in encoder.parameters()])
     for plain, recomputed in zip(*gradients, strict=True):
         torch.testing.assert_close(plain, recomputed)
+
+
+def activations_of(cell: SummaryMixing) -> set[type]:
+    """The activations after every branch layer (branches are [linear, activation] blocks) and in
+    the combiner."""
+    branches = (cell.local_proj, cell.summary_proj)
+    return {type(block) for branch in branches for block in branch[1::2]} | {
+        type(cell.combiner_activation)
+    }
+
+
+@pytest.mark.parametrize(
+    ("encoder_class", "kwargs", "expected"),
+    [(ConformerEncoder, {}, Swish),
+     (ConformerEncoder, {"summary_activation": nn.GELU}, nn.GELU),
+     (TransformerEncoder, {}, nn.ReLU),
+     (TransformerEncoder, {"activation": nn.GELU}, nn.GELU),
+     (TransformerEncoder, {"activation": nn.GELU, "summary_activation": nn.SiLU}, nn.SiLU)],
+)  # fmt: skip
+def test_cell_gets_the_layers_activation_unless_told_otherwise(encoder_class, kwargs, expected):
+    """As in the authors' Conformer, the cell uses the layer's activation (Swish there)."""
+    encoder = tiny(encoder_class, "SummaryMixing", **kwargs)
+    for layer in encoder.layers:
+        cell = layer.mha_layer if encoder_class is ConformerEncoder else layer.self_att
+        assert activations_of(cell) == {expected}
+
+
+def test_cell_gets_the_layers_dropout_and_the_dropout_variant():
+    encoder = tiny(ConformerEncoder, "SummaryMixing", dropout=0.1, summary_dropout="utterance")
+    cells = [layer.mha_layer for layer in encoder.layers]
+    assert all(cell.dropout == 0.1 and cell.summary_dropout == "utterance" for cell in cells)
+    assert tiny(ConformerEncoder, "SummaryMixing").layers[0].mha_layer.summary_dropout == "frame"
 
 
 def test_unknown_attention_type():

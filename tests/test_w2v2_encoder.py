@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from speechbrain.nnet.activations import Swish
 
 from summarymixing.w2v2 import FbankFrontEnd, build_encoder
 
@@ -74,3 +75,25 @@ def test_mask_embedding_replaces_masked_frames() -> None:
                           encoder.mask_emb.expand(5, -1), atol=1e-6)
     with pytest.raises(ValueError, match="mask of shape"):
         encoder.embed(latents, mask[:, :-1])
+
+
+def cells(encoder) -> list:
+    return [layer.mha_layer for layer in encoder.context.layers]
+
+
+def test_summary_mixing_options_of_the_architecture() -> None:
+    """The cell gets the Conformer's Swish unless the architecture names another activation."""
+    default = cells(build_encoder(TINY))
+    assert all(isinstance(cell.combiner_activation, Swish) for cell in default)
+    assert all(cell.dropout == 0.0 and cell.summary_dropout == "frame" for cell in default)
+    named = build_encoder(
+        {**TINY, "summary_activation": "GELU", "local_proj_out_dim": 16, "use_layernorm": False},
+        dropout=0.1, summary_dropout="utterance",
+    )
+    for cell in cells(named):
+        assert isinstance(cell.combiner_activation, torch.nn.GELU)
+        assert isinstance(cell.summary_proj[1], torch.nn.GELU)
+        assert cell.local_out_dim == 16 and not cell.use_layernorm
+        assert cell.dropout == 0.1 and cell.summary_dropout == "utterance"
+    with pytest.raises(ValueError, match="unknown activation 'Gaussian'"):
+        build_encoder({**TINY, "summary_activation": "Gaussian"})

@@ -6,8 +6,11 @@ hidden state ``[input embeddings, layer 1, ..., layer L]`` for the downstream we
 ``ARCH_DEFAULTS`` lists the architecture hyperparameters (the paper's values) that fully define
 the encoder's shapes and computation; ``build_encoder(arch)`` is the one constructor used by the
 training YAMLs and by ``summarymixing.export.load_pretrained``, so a stored ``arch`` dict always
-rebuilds the model that was trained. Regularisation (dropout, layer drop) and memory options are
-not architecture and are passed separately.
+rebuilds the model that was trained. ``summary_activation`` names SummaryMixing's activation
+(a class of ``torch.nn`` or ``speechbrain.nnet.activations``, e.g. ``"GELU"``); ``None`` gives it
+the Conformer's own activation (Swish), as the authors do. Regularisation (dropout, layer drop,
+the SummaryMixing dropout variant) and memory options are not architecture and are passed
+separately.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import torch
 from speechbrain.lobes.models.transformer.Transformer import PositionalEncoding
+from speechbrain.nnet import activations
 from torch import nn
 
 from summarymixing.encoders import ConformerEncoder, MixerEncoder
@@ -42,7 +46,10 @@ ARCH_DEFAULTS: dict[str, Any] = {
     "attention_type": "SummaryMixing",
     "mode": "SummaryMixing",
     "local_proj_hid_dim": [768],
+    "local_proj_out_dim": None,  # d_model
     "summary_hid_dim": [768],
+    "use_layernorm": True,
+    "summary_activation": None,  # the Conformer's activation (Swish)
     "max_positions": 3500,
 }
 
@@ -184,12 +191,35 @@ class W2V2Encoder(nn.Module):
         return self.encode(latents, padding_mask)
 
 
+def activation_class(name: str) -> type[nn.Module]:
+    """The activation class called ``name`` in ``torch.nn`` or ``speechbrain.nnet.activations``.
+
+    Example
+    -------
+    >>> activation_class("GELU"), activation_class("Swish").__name__
+    (<class 'torch.nn.modules.activation.GELU'>, 'Swish')
+    >>> activation_class("Gaussian")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown activation 'Gaussian': expected a class name of torch.nn or ...
+    """
+    for namespace in (nn, activations):
+        found = getattr(namespace, name, None)
+        if isinstance(found, type) and issubclass(found, nn.Module):
+            return found
+    raise ValueError(
+        f"unknown activation {name!r}: expected a class name of torch.nn or "
+        "speechbrain.nnet.activations (e.g. 'GELU', 'Swish')"
+    )
+
+
 def build_encoder(
     arch: Mapping[str, Any],
     dropout: float = 0.0,
     layerdrop_prob: float = 0.0,
     dropout_encoder_input: float = 0.0,
     activation_checkpointing: bool = False,
+    summary_dropout: str = "frame",
 ) -> W2V2Encoder:
     """Build the ``W2V2Encoder`` described by ``arch`` (keys of ``ARCH_DEFAULTS``).
 
@@ -205,6 +235,9 @@ def build_encoder(
         Dropout on the projected latents.
     activation_checkpointing : bool
         Recompute each context layer in the backward pass (saves memory).
+    summary_dropout : str
+        SummaryMixing's dropout masks on the summary in training: ``"frame"`` (the authors') or
+        ``"utterance"`` (cheaper); see ``summarymixing.SummaryMixing``.
 
     Example
     -------
@@ -215,6 +248,9 @@ def build_encoder(
     (3, 16)
     """
     arch = complete_arch(arch)
+    summary_activation = (
+        None if arch["summary_activation"] is None else activation_class(arch["summary_activation"])
+    )
     frontend = FbankFrontEnd(
         sample_rate=arch["sample_rate"], n_fft=arch["n_fft"], n_mels=arch["n_mels"],
         win_length=arch["win_length"], hop_length=arch["hop_length"],
@@ -225,7 +261,10 @@ def build_encoder(
         num_layers=arch["num_layers"], d_model=arch["d_model"], d_ffn=arch["d_ffn"],
         nhead=arch["nhead"], kernel_size=arch["conv_kernel_size"], dropout=dropout,
         attention_type=arch["attention_type"], mode=arch["mode"],
-        local_proj_hid_dim=arch["local_proj_hid_dim"], summary_hid_dim=arch["summary_hid_dim"],
+        local_proj_hid_dim=arch["local_proj_hid_dim"],
+        local_proj_out_dim=arch["local_proj_out_dim"], summary_hid_dim=arch["summary_hid_dim"],
+        use_layernorm=arch["use_layernorm"],
+        summary_activation=summary_activation, summary_dropout=summary_dropout,
         layerdrop_prob=layerdrop_prob, output_hidden_states=True,
         activation_checkpointing=activation_checkpointing,
     )
