@@ -10,7 +10,9 @@ YAML needs one key::
 
 ``load_pretrained`` also reads a pre-training checkpoint directory written by SpeechBrain's
 ``Checkpointer`` (a ``CKPT+...`` folder holding ``architecture.ckpt`` and ``model.ckpt``), or
-the ``save`` folder above it (newest checkpoint). From the command line::
+the ``save`` folder above it (newest checkpoint), and a Hugging Face wav2vec 2.0 checkpoint (a
+hub id such as ``facebook/wav2vec2-base``, a ``save_pretrained`` folder, or ``hf:<either>``;
+see ``summarymixing.downstream.huggingface``). From the command line::
 
     python -m summarymixing.export CHECKPOINT_DIR OUT_PATH
 """
@@ -23,7 +25,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -33,7 +35,11 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 
+from summarymixing.downstream.huggingface import huggingface_source, load_huggingface
 from summarymixing.w2v2.encoder import W2V2Encoder, build_encoder, complete_arch
+
+if TYPE_CHECKING:
+    from summarymixing.downstream.hf_encoder import HFWav2Vec2Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -190,31 +196,61 @@ def _read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], st
 
 def load_pretrained(
     path: str | os.PathLike, expected_arch: Mapping[str, Any] | None = None
-) -> W2V2Encoder:
+) -> W2V2Encoder | HFWav2Vec2Encoder:
     """Build the encoder stored at ``path`` and load its weights.
 
     Arguments
     ---------
     path : path-like
-        A file written by ``save_pretrained``, a pre-training ``CKPT+...`` folder, or the
-        Checkpointer folder holding them (the newest checkpoint is used).
+        One of:
+
+        - a file written by ``save_pretrained``, a pre-training ``CKPT+...`` folder, or the
+          Checkpointer folder holding them (the newest checkpoint is used);
+        - a Hugging Face wav2vec 2.0 checkpoint (see
+          ``summarymixing.downstream.huggingface``): a local ``save_pretrained`` folder
+          holding ``config.json`` (``model_type: wav2vec2``) and ``preprocessor_config.json``,
+          a hub id ``owner/name`` that is no existing path (``facebook/wav2vec2-base``,
+          ``facebook/wav2vec2-large-lv60``), or either of them after an explicit ``hf:``.
     expected_arch : mapping, optional
-        Architecture hyperparameters the caller relies on; each given key must match.
+        Architecture hyperparameters the caller relies on; each given key must match. For a
+        Hugging Face checkpoint, keys are ``config.json`` fields or ``d_model``,
+        ``num_layers``, ``nhead``, ``d_ffn``; SummaryMixing keys (``attention_type``, ...)
+        are refused.
 
     Returns
     -------
-    W2V2Encoder
-        In evaluation mode, on CPU, without dropout or layer drop.
+    W2V2Encoder or HFWav2Vec2Encoder
+        In evaluation mode, on CPU; called as ``encoder(wavs, wav_lens)``, it returns its
+        ``num_hidden_states`` hidden states ``(B, T, d_model)``.
 
     Raises
     ------
     FileNotFoundError
-        When ``path`` (or a file a checkpoint needs) does not exist; the message names it.
+        When ``path`` (or a file a checkpoint needs) does not exist, or is a folder that is
+        neither a checkpoint folder nor a Hugging Face folder; the message names it.
     ValueError
         When a key of ``expected_arch`` differs from the stored one (names the key, the expected
-        and the found values).
+        and the found values) or does not apply to the checkpoint.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> load_pretrained(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: no architecture.ckpt in ... expected a pre-training checkpoint ...
     """
-    arch, state_dict, source = _read_state(Path(path))
+    hf_source = huggingface_source(path)
+    if hf_source is not None:
+        return load_huggingface(hf_source, expected_arch)
+    folder = Path(path)
+    arch_file = folder / ARCH_FILE
+    if folder.is_dir() and not arch_file.is_file() and _newest_checkpoint(folder) is None:
+        raise FileNotFoundError(
+            f"no {ARCH_FILE} in {folder} nor in any CKPT+* folder below it, and no config.json: "
+            "expected a pre-training checkpoint directory or a Hugging Face wav2vec 2.0 folder"
+        )
+    arch, state_dict, source = _read_state(folder)
     if expected_arch is not None:
         check_arch(expected_arch, arch, source)
     encoder = build_encoder(arch)
