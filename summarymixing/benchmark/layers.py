@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from speechbrain.nnet.activations import Swish
 from torch import nn
 
 from summarymixing.benchmark.measure import measure_side_by_side
@@ -40,7 +41,8 @@ SIZES = {
 
 
 def build_cell(mixer: str, size: ModelSize) -> nn.Module:
-    """One mixing layer of the given type (SummaryMixing with hidden sizes ``[d_model]``).
+    """One mixing layer of the given type (SummaryMixing with hidden sizes ``[d_model]`` and the
+    Conformer's Swish activation, as inside the paper's encoder).
 
     Example
     -------
@@ -49,7 +51,7 @@ def build_cell(mixer: str, size: ModelSize) -> nn.Module:
     """
     return build_mixer(
         mixer, size.d_model, size.nhead, local_proj_hid_dim=[size.d_model],
-        summary_hid_dim=[size.d_model],
+        summary_hid_dim=[size.d_model], summary_activation=Swish,
     )
 
 

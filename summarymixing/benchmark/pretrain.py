@@ -48,7 +48,7 @@ def pretrain_step(
     activation_checkpointing: bool = False, sample_rate: int = 16000,
 ) -> Callable[[], None]:
     """A callable running one full pre-training step on ``batch_size`` random utterances of
-    ``seconds`` seconds (paper objective: 100 negatives, mask 0.65 x 10 frames).
+    ``seconds`` seconds (paper objective: 100 negatives, mask 0.65 x 10 frames; dropout 0.1).
 
     Example
     -------
@@ -56,7 +56,10 @@ def pretrain_step(
     >>> step()
     """
     arch = {**SIZES[size], "attention_type": attention_type}
-    encoder = build_encoder(arch, activation_checkpointing=activation_checkpointing)
+    encoder = build_encoder(  # the paper's regularisation (layer drop left out: it is random)
+        arch, dropout=0.1, dropout_encoder_input=0.1,
+        activation_checkpointing=activation_checkpointing,
+    )
     latent_dim = encoder.frontend.out_dim
     model = W2V2Pretrainer(encoder, W2VTargetQuantiser(latent_dim, 256), 256).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, eps=1e-6)
