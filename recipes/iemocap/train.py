@@ -1,9 +1,19 @@
 """IEMOCAP emotion recognition (4 classes) with a frozen (or fine-tuned) wav2vec 2.0 encoder.
 
 MP3S protocol: a learned softmax-weighted sum of all hidden states feeds an ECAPA-TDNN and a
-linear classifier over neutral / happy (+ excited) / angry / sad. Standard 5-fold
-leave-one-session-out: fold ``k`` tests on session ``k``; every fold trains a fresh head. The
-accuracy of each fold and their mean are written to ``summary_file``.
+classifier over neutral / happy (+ excited) / angry / sad; every fold trains a fresh head and the
+accuracy of each fold and their mean are written to ``summary_file``. Two fold protocols
+(``fold_protocol``):
+
+- ``speaker`` (``hparams/iemocap/train.yaml``, SpeechBrain's MP3S IEMOCAP benchmark): 10 folds,
+  leave-two-speakers-out. Fold ``k`` tests on speaker ``k`` (session ``(k + 1) // 2``, the
+  female actor for odd ``k``, the male for even ``k``), validates on the other speaker of that
+  session and trains on the other eight speakers.
+- ``session`` (``hparams/iemocap/train_extended.yaml``): 5 folds, leave-one-session-out. Fold
+  ``k`` tests on session ``k`` and validates on ``valid_fraction`` of the other sessions.
+
+Both are derived from the session manifests of :func:`data_prep.iemocap.prepare_iemocap`
+(written under ``<prep_folder>/session``); the speaker folds go to ``<prep_folder>/speaker``.
 
 Run from the repository root::
 
@@ -16,6 +26,7 @@ Outputs: ``<output_folder>/metrics.json`` (all folds + mean) and, per fold,
 
 from __future__ import annotations
 
+import csv
 import logging
 import sys
 from pathlib import Path
@@ -29,11 +40,94 @@ import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from data_prep.iemocap import prepare_iemocap
+from data_prep.common import MARKER, DataPrepError, require_file, run_once, write_csv
+from data_prep.iemocap import FIELDS, SESSIONS, prepare_iemocap
 from summarymixing.downstream.classification import run_classification
 from summarymixing.downstream.reporting import write_metrics
 
 logger = logging.getLogger(__name__)
+
+FOLDS = {"speaker": range(1, 11), "session": SESSIONS}
+
+
+def speaker_of_fold(fold: int) -> tuple[int, str]:
+    """The session and the ``spk_id`` of MP3S speaker ``fold`` (1..10, female first).
+
+    Example
+    -------
+    >>> speaker_of_fold(1), speaker_of_fold(4)
+    ((1, 'Ses01F'), (2, 'Ses02M'))
+    """
+    session = (fold + 1) // 2
+    return session, f"Ses{session:02d}{'F' if fold % 2 else 'M'}"
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with open(require_file(path, "IEMOCAP manifest"), encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def prepare_speaker_folds(session_folder: str, save_folder: str) -> None:
+    """Write the 10 leave-two-speakers-out folds ``fold_<k>/{train,valid,test}.csv`` of MP3S
+    from the 5 session folds of :func:`data_prep.iemocap.prepare_iemocap`.
+
+    Fold ``k`` tests on speaker ``k`` (:func:`speaker_of_fold`), validates on the other speaker
+    of its session and trains on every utterance of the four other sessions. Reused when the
+    session manifests have not changed.
+
+    Arguments
+    ---------
+    session_folder : str
+        Holds ``fold_<s>/{train,valid,test}.csv`` for s = 1..5.
+    save_folder : str
+        Where the speaker folds go.
+
+    Raises
+    ------
+    DataPrepError
+        If a speaker of a session has no utterance.
+    """
+    session_folder = Path(session_folder)
+    marker = require_file(session_folder / MARKER, "IEMOCAP session manifests")
+    options = {"session_manifests": marker.read_text(encoding="utf-8")}
+    splits = ("train", "valid", "test")
+    outputs = [f"fold_{k}/{name}.csv" for k in FOLDS["speaker"] for name in splits]
+
+    def build(out: Path) -> None:
+        for fold in FOLDS["speaker"]:
+            session, speaker = speaker_of_fold(fold)
+            source = session_folder / f"fold_{session}"
+            train = _read_rows(source / "train.csv") + _read_rows(source / "valid.csv")
+            test_csv = source / "test.csv"
+            both = _read_rows(test_csv)
+            test = [row for row in both if row["spk_id"] == speaker]
+            valid = [row for row in both if row["spk_id"] != speaker]
+            if not test or not valid:
+                raise DataPrepError(
+                    f"{test_csv}: expected utterances of both speakers of session {session}, "
+                    f"got {len(test)} of {speaker} and {len(valid)} of the other"
+                )
+            for name, rows in (("train", train), ("valid", valid), ("test", test)):
+                write_csv(out / f"fold_{fold}" / f"{name}.csv", FIELDS, rows)
+
+    run_once(save_folder, options, outputs, build)
+
+
+def prepare_folds(hparams: dict) -> None:
+    """Session manifests (``<prep_folder>/session``), then the speaker folds when
+    ``fold_protocol`` is ``speaker`` (``<prep_folder>/speaker``); nothing with ``skip_prep``."""
+    prep = Path(hparams["prep_folder"])
+    run_on_main(
+        prepare_iemocap,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "save_folder": str(prep / "session"),
+            "valid_fraction": hparams["valid_fraction"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    if hparams["fold_protocol"] == "speaker" and not hparams["skip_prep"]:
+        run_on_main(prepare_speaker_folds, args=[str(prep / "session"), str(prep / "speaker")])
 
 
 def load_fold_hparams(hparams_file: str, overrides: str, fold: int) -> dict:
@@ -49,9 +143,17 @@ def main(argv: list[str] | None = None) -> dict:
     sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    protocol = hparams["fold_protocol"]
+    if protocol not in FOLDS:
+        raise ValueError(f"expected fold_protocol in {sorted(FOLDS)}, got {protocol!r}")
     folds = list(hparams["folds"])
-    if not folds or any(fold not in range(1, 6) for fold in folds):
-        raise ValueError(f"expected folds to be a non-empty subset of 1..5, got {folds}")
+    allowed = FOLDS[protocol]
+    if not folds or any(fold not in allowed for fold in folds):
+        raise ValueError(
+            f"expected folds to be a non-empty subset of {allowed.start}..{allowed.stop - 1} "
+            f"(fold_protocol {protocol}), got {folds}"
+        )
+    prepare_folds(hparams)
     per_fold = {}
     for fold in folds:
         if fold != hparams["fold"]:
@@ -60,15 +162,6 @@ def main(argv: list[str] | None = None) -> dict:
             experiment_directory=hparams["fold_folder"],
             hyperparams_to_save=hparams_file,
             overrides=overrides,
-        )
-        run_on_main(
-            prepare_iemocap,
-            kwargs={
-                "data_folder": hparams["data_folder"],
-                "save_folder": hparams["prep_folder"],
-                "valid_fraction": hparams["valid_fraction"],
-                "skip_prep": hparams["skip_prep"],
-            },
         )
         per_fold[fold] = run_classification(hparams, run_opts)
         logger.info("Fold %d: %s", fold, per_fold[fold]["test"])

@@ -1,10 +1,12 @@
-"""SLURP intent classification with a frozen (or fine-tuned) pre-trained wav2vec 2.0 encoder.
+"""SLURP scenario classification with a frozen (or fine-tuned) pre-trained wav2vec 2.0 encoder.
 
-MP3S protocol: a learned softmax-weighted sum of all the encoder's hidden states feeds a 2-layer
-BiLSTM, mean-pooled over time, and linear classifiers. The paper's "SLURP intent accuracy"
-follows MP3S, which classifies the 18 *scenarios*: ``scenario_accuracy`` is the
-paper-comparable number; the full intent (``scenario_action``) and the action accuracies are
-reported beside it (one classifier per column, losses summed).
+``hparams/slurp/train.yaml`` is the authors' MP3S protocol: a learned softmax-weighted sum of all
+the encoder's hidden states (its own Adam, lr 0.01) feeds a 2-layer BiLSTM, a linear projection,
+mean pooling over the valid frames and a bias-free linear classifier over the 18 *scenarios*
+(the paper's "SLURP intent accuracy" is ``scenario_accuracy``), trained on ``train_real`` only.
+``hparams/slurp/train_extended.yaml`` adds our extensions: action and full-intent
+(``scenario_action``) classifiers (one per column of ``label_keys``, losses summed),
+``slurp_synth`` training data, augmentation, a bigger head and layer norm.
 
 Run from the repository root::
 

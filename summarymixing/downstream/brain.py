@@ -1,17 +1,34 @@
 """The ``sb.Brain`` base class of the four downstream recipes.
 
 :class:`DownstreamBrain` turns a batch into head inputs (encoder or cached features, then the
-weighted layer sum), handles the frozen / fine-tuned protocol (two optimizers, a separate
-learning rate, the encoder paused for the first steps), checkpoints, logs every epoch, and writes
-the test metrics JSON and the layer-weights PNG. A recipe subclass writes ``compute_forward`` /
+weighted layer sum), handles the frozen / fine-tuned protocol (a separate optimizer and learning
+rate for the encoder, paused for the first steps), checkpoints, logs every epoch, and writes the
+test metrics JSON and the layer-weights PNG. A recipe subclass writes ``compute_forward`` /
 ``compute_objectives`` on top of :meth:`DownstreamBrain.features` and returns its epoch
 statistics from :meth:`DownstreamBrain.stage_stats`.
 
-Hyper-parameters read (all in each recipe's YAML): ``encoder`` (a ``HiddenStates``),
-``weighted_sum``, ``freeze_encoder_steps``, ``encoder_opt_class`` and ``lr_annealing_encoder``
-(fine-tuning only), ``lr_annealing``, ``wav_augment`` and ``feat_augment`` (``null`` for none),
-``cache_features`` and ``feature_cache``, ``train_logger``, ``metrics_file``,
-``layer_weights_plot``; the ``checkpointer`` and ``epoch_counter`` SpeechBrain reads.
+YAML contract (MP3S as the authors ran it):
+
+- ``weighted_sum``: a ``WeightedLayerSum`` (softmax over the hidden states; the shipped YAMLs say
+  ``layer_norm: False``, as the authors).
+- ``opt_class`` / ``lr_annealing``: the head's optimizer and scheduler. ``lr_annealing`` is either
+  a ``NewBobScheduler`` (called after each validation with the validation statistic named by the
+  optional ``lr_annealing_metric``, default ``loss``, lower is better; classification recipes
+  also offer ``<label>_error_rate``, what MP3S anneals on) or a per-epoch scheduler
+  (``LinearScheduler``, ``StepScheduler``: called with the epoch number). Anything else is a
+  ``TypeError`` at start-up. The log shows the rates each epoch trained with.
+- ``weights_opt_class`` (optional, e.g. ``!name:torch.optim.Adam {lr: 0.01}``): the layer weights
+  get their own optimizer (``optimizers_dict["weights"]``, checkpointed as
+  ``optimizer_weights``, its rate logged as ``lr_weights``) and are left out of the head's.
+  ``lr_annealing_weights`` (optional; either kind of scheduler, called like ``lr_annealing``;
+  absent = constant rate) anneals it; a NewBob one is checkpointed. Without
+  ``weights_opt_class`` the weights share the head's optimizer (older YAMLs).
+- ``encoder_opt_class`` and ``lr_annealing_encoder``: fine-tuning only (``freeze_encoder:
+  False``); ``freeze_encoder_steps`` pauses the encoder for the first optimizer steps.
+- ``wav_augment`` and ``feat_augment``: training-only augmentation, ``null`` for none (the
+  authors' protocol).
+- ``cache_features`` and ``feature_cache``, ``train_logger``, ``metrics_file``,
+  ``layer_weights_plot``; the ``checkpointer`` and ``epoch_counter`` SpeechBrain reads.
 """
 
 from __future__ import annotations
@@ -21,13 +38,59 @@ from collections.abc import Sequence
 
 import speechbrain as sb
 from speechbrain.dataio.dataset import DynamicItemDataset
-from speechbrain.nnet.schedulers import update_learning_rate
+from speechbrain.nnet.schedulers import (
+    LinearScheduler,
+    NewBobScheduler,
+    StepScheduler,
+    update_learning_rate,
+)  # fmt: skip
 from speechbrain.utils.distributed import run_on_main
 
 from summarymixing.downstream.data import loader_options
 from summarymixing.downstream.reporting import plot_layer_weights, write_metrics
 
 logger = logging.getLogger(__name__)
+
+METRIC_SCHEDULERS = (NewBobScheduler,)  # called with a validation statistic
+EPOCH_SCHEDULERS = (LinearScheduler, StepScheduler)  # called with the epoch number
+
+
+def check_scheduler(name: str, scheduler: object) -> None:
+    """Refuse a learning-rate scheduler :func:`anneal` cannot call.
+
+    Example
+    -------
+    >>> check_scheduler("lr_annealing", LinearScheduler(1e-3, 1e-4, 15))
+    >>> check_scheduler("lr_annealing", 0.001)
+    Traceback (most recent call last):
+    ...
+    TypeError: lr_annealing: expected a NewBobScheduler, LinearScheduler or StepScheduler, got float
+    """
+    if not isinstance(scheduler, METRIC_SCHEDULERS + EPOCH_SCHEDULERS):
+        kinds = [k.__name__ for k in METRIC_SCHEDULERS + EPOCH_SCHEDULERS]
+        raise TypeError(
+            f"{name}: expected a {', '.join(kinds[:-1])} or {kinds[-1]}, "
+            f"got {type(scheduler).__name__}"
+        )
+
+
+def anneal(scheduler: object, epoch: int, metric: float) -> tuple[float, float]:
+    """``(old, new)`` learning rate after a validation: a NewBob scheduler follows ``metric``
+    (lower is better), a per-epoch one the ``epoch`` just finished.
+
+    Example
+    -------
+    >>> old, new = anneal(LinearScheduler(1e-3, 1e-4, 4), epoch=1, metric=0.5)
+    >>> round(old, 6), round(new, 6)
+    (0.001, 0.0007)
+    >>> newbob = NewBobScheduler(0.01, annealing_factor=0.5)
+    >>> anneal(newbob, 1, 0.5), anneal(newbob, 2, 0.6)  # no improvement: halved
+    ((0.01, 0.01), (0.01, 0.005))
+    """
+    check_scheduler("scheduler", scheduler)
+    if isinstance(scheduler, METRIC_SCHEDULERS):
+        return scheduler(metric)
+    return scheduler(epoch)
 
 
 class DownstreamBrain(sb.Brain):
@@ -53,8 +116,23 @@ class DownstreamBrain(sb.Brain):
                     "expected wav_augment: null with cache_features (cached features cannot be "
                     "speed-perturbed), got a waveform augmentation"
                 )
-        if not self.extractor.freeze and self.checkpointer is not None:
-            self.checkpointer.add_recoverable("encoder", self.extractor)
+        self.weights_opt_class = getattr(self.hparams, "weights_opt_class", None)
+        self.schedulers = {"lr": self.hparams.lr_annealing}
+        if not self.extractor.freeze:
+            self.schedulers["lr_encoder"] = self.hparams.lr_annealing_encoder
+        weights_scheduler = getattr(self.hparams, "lr_annealing_weights", None)
+        if weights_scheduler is not None:
+            if self.weights_opt_class is None:
+                raise ValueError("expected weights_opt_class with lr_annealing_weights, got none")
+            self.schedulers["lr_weights"] = weights_scheduler
+        for name, scheduler in self.schedulers.items():
+            check_scheduler(name.replace("lr", "lr_annealing", 1), scheduler)
+        self.annealing_metric = getattr(self.hparams, "lr_annealing_metric", "loss")
+        if self.checkpointer is not None:
+            if not self.extractor.freeze:
+                self.checkpointer.add_recoverable("encoder", self.extractor)
+            if isinstance(weights_scheduler, METRIC_SCHEDULERS):  # stateful
+                self.checkpointer.add_recoverable("lr_annealing_weights", weights_scheduler)
 
     # ------------------------------------------------------------------ features
     def prepare_features(self, datasets: Sequence[DynamicItemDataset]) -> str:
@@ -104,14 +182,18 @@ class DownstreamBrain(sb.Brain):
         )
 
     def init_optimizers(self) -> None:
-        """One optimizer for the head (``opt_class``), one for a fine-tuned encoder
-        (``encoder_opt_class``, its own learning rate)."""
-        encoder_params = {id(p) for p in self.extractor.parameters()}
-        head = [
-            p for p in self.modules.parameters() if id(p) not in encoder_params and p.requires_grad
-        ]
+        """One optimizer for the head (``opt_class``), one for the layer weights when the YAML
+        defines ``weights_opt_class`` (else they are the head's), one for a fine-tuned encoder
+        (``encoder_opt_class``). Every trainable parameter is in exactly one of them."""
+        weights = list(self.hparams.weighted_sum.parameters())
+        apart = {id(p) for p in self.extractor.parameters()}
+        if self.weights_opt_class is not None:
+            apart |= {id(p) for p in weights}
+        head = [p for p in self.modules.parameters() if id(p) not in apart and p.requires_grad]
         self.optimizer = self.opt_class(head)
         self.optimizers_dict = {"head": self.optimizer}
+        if self.weights_opt_class is not None:
+            self.optimizers_dict["weights"] = self.weights_opt_class(weights)
         if not self.extractor.freeze:
             self.optimizers_dict["encoder"] = self.hparams.encoder_opt_class(
                 self.extractor.parameters()
@@ -148,13 +230,7 @@ class DownstreamBrain(sb.Brain):
             return
         stats = {"loss": stage_loss, **self.stage_stats(stage)}
         if stage == sb.Stage.VALID:
-            # Learning rates follow the validation loss (lower is better for every recipe).
-            lrs = {}
-            _, lrs["lr"] = self.hparams.lr_annealing(stats["loss"])
-            update_learning_rate(self.optimizer, lrs["lr"])
-            if not self.extractor.freeze:
-                _, lrs["lr_encoder"] = self.hparams.lr_annealing_encoder(stats["loss"])
-                update_learning_rate(self.optimizers_dict["encoder"], lrs["lr_encoder"])
+            lrs = self.anneal_learning_rates(epoch, stats)
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, **lrs, "layer_weights": self.layer_weights()},
                 train_stats=self.train_stats,
@@ -170,6 +246,23 @@ class DownstreamBrain(sb.Brain):
                 stats_meta={"epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
             )
             self.write_results(stats)
+
+    def anneal_learning_rates(self, epoch: int, stats: dict) -> dict[str, float]:
+        """Step every scheduler after a validation (NewBob on ``stats[lr_annealing_metric]``,
+        per-epoch ones on ``epoch``); return the learning rates the epoch trained with."""
+        if self.annealing_metric not in stats:
+            raise ValueError(
+                f"lr_annealing_metric: expected one of {sorted(stats)}, got "
+                f"{self.annealing_metric!r}"
+            )
+        optimizers = {"lr": "head", "lr_encoder": "encoder", "lr_weights": "weights"}
+        lrs = {}
+        for name, scheduler in self.schedulers.items():
+            lrs[name], new_lr = anneal(scheduler, epoch, stats[self.annealing_metric])
+            update_learning_rate(self.optimizers_dict[optimizers[name]], new_lr)
+        if self.weights_opt_class is not None and "lr_weights" not in lrs:  # constant rate
+            lrs["lr_weights"] = self.optimizers_dict["weights"].param_groups[0]["lr"]
+        return lrs
 
     def layer_weights(self) -> list[float]:
         """The learned softmax weights over the hidden states, rounded for logs."""

@@ -1,8 +1,10 @@
 """Utterance classification on top of the weighted layer sum (SLURP intents, IEMOCAP emotions).
 
 A pooling head (``head(feats, lengths) -> (B, 1, E)``: a BiLSTM with mean pooling, ECAPA-TDNN,
-attentive pooling, ...) feeds one linear classifier per label column; the loss is the sum of
-their negative log-likelihoods, and each column's accuracy is reported.
+attentive pooling, ...) feeds one classifier per label column (``classifier``, sized through its
+``classifier_size_argument``: ``n_neurons`` for SpeechBrain's ``Linear``, ``out_neurons`` for
+ECAPA's cosine ``Classifier``); the loss is the sum of their negative log-likelihoods, and each
+column's accuracy and error rate are reported.
 """
 
 from __future__ import annotations
@@ -47,16 +49,21 @@ class ClassifierHeads(nn.ModuleDict):
 
 
 def build_classifiers(
-    make_classifier: Callable[..., nn.Module], label_encoders: Mapping[str, CategoricalEncoder]
+    make_classifier: Callable[..., nn.Module],
+    label_encoders: Mapping[str, CategoricalEncoder],
+    size_argument: str = "n_neurons",
 ) -> ClassifierHeads:
     """One classifier per label column, sized by its label encoder.
 
     Arguments
     ---------
     make_classifier : callable
-        ``make_classifier(n_neurons=...)`` (a YAML ``!name:`` of a linear layer).
+        ``make_classifier(**{size_argument: n_classes})`` (a YAML ``!name:`` of a classifier
+        mapping ``(B, 1, E)`` to ``(B, 1, n_classes)``).
     label_encoders : mapping
         Column name -> fitted label encoder.
+    size_argument : str
+        The keyword of ``make_classifier`` that takes the number of classes.
 
     Example
     -------
@@ -66,9 +73,17 @@ def build_classifiers(
     >>> make = partial(sb.nnet.linear.Linear, input_size=8)
     >>> build_classifiers(make, {"emo": encoder})(torch.randn(2, 1, 8))["emo"].shape
     torch.Size([2, 3])
+    >>> from speechbrain.lobes.models.ECAPA_TDNN import Classifier
+    >>> cosine = partial(Classifier, input_size=8)
+    >>> heads = build_classifiers(cosine, {"emo": encoder}, "out_neurons")
+    >>> heads(torch.randn(2, 1, 8))["emo"].shape
+    torch.Size([2, 3])
     """
     return ClassifierHeads(
-        {key: make_classifier(n_neurons=len(encoder)) for key, encoder in label_encoders.items()}
+        {
+            key: make_classifier(**{size_argument: len(encoder)})
+            for key, encoder in label_encoders.items()
+        }
     )
 
 
@@ -111,11 +126,14 @@ class ClassificationBrain(DownstreamBrain):
             self.accuracy = {key: ClassificationStats() for key in self.label_keys}
 
     def stage_stats(self, stage: sb.Stage) -> dict:
-        """``<key>_accuracy`` for every label column."""
-        return {
-            f"{key}_accuracy": float(self.accuracy[key].summarize("accuracy"))
-            for key in self.label_keys
-        }
+        """``<key>_accuracy`` and ``<key>_error_rate`` (``1 - accuracy``, what MP3S anneals
+        on) for every label column."""
+        stats = {}
+        for key in self.label_keys:
+            accuracy = float(self.accuracy[key].summarize("accuracy"))
+            stats[f"{key}_accuracy"] = accuracy
+            stats[f"{key}_error_rate"] = 1.0 - accuracy
+        return stats
 
 
 def prepare_datasets(
@@ -145,7 +163,9 @@ def run_classification(hparams: dict, run_opts: dict) -> dict:
     datasets, label_encoders = prepare_datasets(hparams)
     modules = {
         **hparams["modules"],
-        "classifiers": build_classifiers(hparams["classifier"], label_encoders),
+        "classifiers": build_classifiers(
+            hparams["classifier"], label_encoders, hparams["classifier_size_argument"]
+        ),
     }
     brain = ClassificationBrain(
         modules=modules,

@@ -24,8 +24,9 @@ class WeightedLayerSum(nn.Module):
     num_hidden_states : int
         ``L + 1``: the input embeddings and every layer's output.
     layer_norm : bool
-        Normalise each hidden state over its features before the sum (MP3S does), so that the
-        weights compare layers of different scales.
+        Normalise each hidden state over its features (no learned affine) before the sum. Off
+        by default, as in the authors' MP3S runs (a plain softmax-weighted sum); an option that
+        makes the weights compare layers of different scales.
 
     Example
     -------
@@ -36,7 +37,7 @@ class WeightedLayerSum(nn.Module):
     [0.3333333432674408, 0.3333333432674408, 0.3333333432674408]
     """
 
-    def __init__(self, num_hidden_states: int, layer_norm: bool = True):
+    def __init__(self, num_hidden_states: int, layer_norm: bool = False):
         super().__init__()
         if num_hidden_states < 1:
             raise ValueError(f"expected num_hidden_states >= 1, got {num_hidden_states}")
