@@ -66,7 +66,6 @@ def test_report_numbers_are_the_stages_numbers(demo):
         row = rows[model]
         assert row["Welsh WER (%)"] == metrics("asr_commonvoice", model)["test"]["WER"]
         assert row["SLURP scenario acc."] == metrics("slurp", model)["test"]["scenario_accuracy"]
-        assert row["SLURP intent acc."] == metrics("slurp", model)["test"]["intent_accuracy"]
         assert row["IEMOCAP acc. (mean of folds)"] == metrics("iemocap", model)["mean"][
             "emo_accuracy"]
         assert row["VoxCeleb EER"] == metrics("voxceleb", model)["test"]["EER"]

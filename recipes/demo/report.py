@@ -27,7 +27,6 @@ COLUMNS = (
     "benchmark peak MiB",
     "Welsh WER (%)",
     "SLURP scenario acc.",
-    "SLURP intent acc.",
     "IEMOCAP acc. (mean of folds)",
     "VoxCeleb EER",
 )
@@ -122,7 +121,6 @@ def collect(
         benchmark["peak_mib"],
         test_metrics("asr_commonvoice")["test"]["WER"],
         test_metrics("slurp")["test"]["scenario_accuracy"],
-        test_metrics("slurp")["test"]["intent_accuracy"],
         test_metrics("iemocap")["mean"]["emo_accuracy"],
         test_metrics("voxceleb")["test"]["EER"],
     )

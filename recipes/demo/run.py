@@ -227,7 +227,7 @@ def write_report(hparams: dict, rows: dict, benchmark_plot: Path) -> None:
         f"- benchmark s/step and peak MiB: `python -m summarymixing.benchmark pretrain`, "
         f"{hparams['benchmark_size']} model, {longest} s utterances, both models side by side;",
         "- Welsh WER: greedy CTC decoding; SLURP scenario accuracy is the paper-comparable "
-        "number (MP3S); IEMOCAP: mean over the leave-one-session-out folds run.",
+        "number (MP3S); IEMOCAP: mean over the leave-two-speakers-out folds run (MP3S).",
         "", "![pre-training curves](plots/pretraining_curves.png)",
         "", "![pre-training step benchmark](plots/benchmark_pretraining_step.png)",
         "", "![learned layer weights](plots/layer_weights.png)", "",
