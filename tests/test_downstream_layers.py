@@ -93,6 +93,28 @@ def test_hidden_states_padding_consistency(encoder):
     assert torch.allclose(padded[0, :frames], alone[0], atol=1e-4)
 
 
+@pytest.mark.parametrize("samples", [1234, 6000, 7777, 8999])
+def test_frame_lengths_count_the_frames_an_utterance_has_alone(encoder, samples):
+    """Relative frame lengths give exactly the frames of the utterance encoded alone (scaling the
+    waveform's relative length by T is off by one frame for some lengths)."""
+    states = HiddenStates(encoder)
+    batch = torch.zeros(2, 9000)
+    batch[0, :samples] = torch.randn(samples)
+    padded = states(batch, torch.tensor([samples / 9000, 1.0]))
+    alone = states(batch[:1, :samples], torch.ones(1)).shape[1]
+    lens = states.frame_lengths(torch.tensor([samples / 9000, 1.0]), 9000, padded.shape[1])
+    assert (lens * padded.shape[1]).round().long().tolist() == [alone, padded.shape[1]]
+
+
+def test_frame_lengths_fall_back_to_waveform_lengths_without_output_lengths():
+    class Toy(nn.Module):
+        def forward(self, wavs, wav_lens):
+            return [wavs.unflatten(1, (-1, 4))]
+
+    lens = torch.tensor([0.5, 1.0])
+    assert HiddenStates(Toy()).frame_lengths(lens, 16, 4) is lens
+
+
 def test_feature_cache_round_trip_and_fingerprint(tmp_path, encoder):
     data = DynamicItemDataset(
         {"spk/a.wav": {"sig": torch.randn(8000)}, "b": {"sig": torch.randn(12000)}}

@@ -161,6 +161,7 @@ class DownstreamBrain(sb.Brain):
             if stage == sb.Stage.TRAIN and self.hparams.wav_augment is not None:
                 wavs = self.hparams.wav_augment(wavs)  # speed changes S, not relative lengths
             hidden = self.modules.encoder(wavs, lens)  # (B, T, L + 1, D)
+            lens = self.extractor.frame_lengths(lens, wavs.shape[1], hidden.shape[1])
         feats = self.modules.weighted_sum(hidden)  # (B, T, D)
         if stage == sb.Stage.TRAIN and self.hparams.feat_augment is not None:
             feats = self.hparams.feat_augment(feats)

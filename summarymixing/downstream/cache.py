@@ -115,7 +115,8 @@ class FeatureCache:
                 for batch in loader:
                     wavs, lens = batch.sig
                     hidden = extractor(wavs.to(device), lens.to(device))  # (B, T, L + 1, D)
-                    frames = torch.round(lens * hidden.shape[1]).long().clamp(min=1)
+                    frame_lens = extractor.frame_lengths(lens, wavs.shape[1], hidden.shape[1])
+                    frames = torch.round(frame_lens * hidden.shape[1]).long().clamp(min=1)
                     for utt_id, states, count in zip(batch.id, hidden, frames, strict=True):
                         torch.save(states[:count].to("cpu", self.dtype).clone(), self.path(utt_id))
                     encoded += len(batch.id)

@@ -158,6 +158,12 @@ class HFWav2Vec2Encoder(Wav2Vec2):
             )
         return lengths
 
+    def output_lengths(self, wav_lens: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Frames ``(B,)`` (long) of each utterance of a batch padded to ``num_samples``
+        samples, from relative lengths ``wav_lens`` ``(B,)``: what it gives alone."""
+        samples = torch.round(wav_lens * num_samples).long()
+        return self.model._get_feat_extract_output_lengths(samples)
+
     def normalize(self, wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Zero mean, unit variance over each utterance's own samples; padding set to zero.
 

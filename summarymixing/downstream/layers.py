@@ -116,6 +116,23 @@ class HiddenStates(nn.Module):
         self.encoder.train(mode and not self.frozen)
         return self
 
+    def frame_lengths(
+        self, wav_lens: torch.Tensor, num_samples: int, num_frames: int
+    ) -> torch.Tensor:
+        """Relative lengths ``(B,)`` of the hidden states (``num_frames`` frames) of a batch of
+        waveforms padded to ``num_samples`` with relative lengths ``wav_lens`` ``(B,)``.
+
+        They count the frames each utterance has when encoded alone (the encoder's
+        ``output_lengths``); scaling ``wav_lens`` by ``num_frames`` instead can be off by one
+        frame, which then enters the head's pooling and CTC lengths and makes the result depend
+        on the batch's padding. Encoders without ``output_lengths`` keep ``wav_lens``.
+        """
+        output_lengths = getattr(self.encoder, "output_lengths", None)
+        if output_lengths is None:
+            return wav_lens
+        frames = output_lengths(wav_lens, num_samples).clamp(1, num_frames)  # (B,)
+        return frames.to(wav_lens.dtype) / num_frames
+
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
         """Encode ``wavs`` ``(B, S)`` (relative lengths ``wav_lens`` ``(B,)``) into the stacked
         hidden states ``(B, T, L + 1, D)``."""

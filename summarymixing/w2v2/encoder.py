@@ -181,6 +181,11 @@ class W2V2Encoder(nn.Module):
         output, _, hidden_states = self.context(embeddings, src_key_padding_mask=padding_mask)
         return [*hidden_states[:-1], output]
 
+    def output_lengths(self, wav_lens: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Frames ``(B,)`` (long) of each utterance of a batch padded to ``num_samples``
+        samples, from relative lengths ``wav_lens`` ``(B,)``: what it gives alone."""
+        return self.frontend.output_lengths(wav_lens, num_samples)
+
     def forward(
         self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
