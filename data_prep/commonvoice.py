@@ -1,12 +1,16 @@
 """CommonVoice Welsh ASR manifests (train.csv, valid.csv, test.csv from train/dev/test.tsv).
 
 The split TSVs are read with quoting disabled and their columns looked up by header name, so every
-release's header works. Transcripts go through :func:`normalize_welsh`; rows whose transcript is
-empty after normalisation or whose clip is longer than ``max_duration`` are dropped, with a logged
-count. Durations come from ``clip_durations.tsv`` when the release has it (and lists the clip),
-otherwise from the audio. With ``convert_to_wav`` every kept clip is resampled once to a 16 kHz
-WAV cache under ``<save_folder>/wav16k`` and ``wav`` points there; otherwise ``wav`` is the mp3
-and :func:`summarymixing.audio.read_audio` resamples at load time.
+release's header works. Transcripts go through ``text_normalization``: ``welsh``
+(:func:`normalize_welsh`: lower case, punctuation removed) or ``none`` (the sentence as the release
+writes it, runs of spaces collapsed: what the authors' MP3S preparation does for Welsh). Rows whose
+transcript has fewer than ``min_words`` words after that (the authors drop sentences of fewer than
+3 words from every split), or whose clip is longer than ``max_duration`` (``None``: no limit; the
+MP3S protocol keeps every clip here and drops long ones from training only, in the recipe), are
+dropped, with a logged count. Durations come from ``clip_durations.tsv`` when the release has it
+(and lists the clip), otherwise from the audio. With ``convert_to_wav`` every kept clip is
+resampled once to a 16 kHz WAV cache under ``<save_folder>/wav16k`` and ``wav`` points there;
+otherwise ``wav`` is the mp3 and :func:`summarymixing.audio.read_audio` resamples at load time.
 
 Columns: ``ID,duration,wav,spk_id,wrd``.
 """
@@ -123,25 +127,44 @@ def _convert_all(jobs: list[tuple[str, str]], num_workers: int | None) -> list[i
         return list(tqdm(pool.imap(_convert, jobs, chunksize=16), **bar))
 
 
+def collapse_spaces(text: str) -> str:
+    """A transcript as CommonVoice writes it (case, punctuation kept), runs of spaces collapsed
+    and the ends stripped: the text of the authors' MP3S preparation for Welsh.
+
+    Example
+    -------
+    >>> collapse_spaces('  Dywedodd hi,  "Croeso i Gymru!" ')
+    'Dywedodd hi, "Croeso i Gymru!"'
+    """
+    return re.sub(" +", " ", text).strip()
+
+
+NORMALIZERS = {"welsh": normalize_welsh, "none": collapse_spaces}
+
+
 def _split_rows(
-    tsv: Path, clips: Path, known: dict[str, float], max_duration: float, workers: int | None
+    tsv: Path, clips: Path, known: dict[str, float], options: dict, workers: int | None
 ) -> list[dict]:
+    normalize, min_words = NORMALIZERS[options["text_normalization"]], options["min_words"]
+    max_duration = options["max_duration"]
     rows = []
     for line_no, row in _tsv_rows(tsv, ("client_id", "path", "sentence")):
         audio = clips / row["path"]
         if not audio.is_file():
             raise DataPrepError(f"{where(tsv, line_no)}: clip {audio} not found")
         rows.append({"ID": Path(row["path"]).stem, "wav": str(audio.resolve()),
-                     "spk_id": row["client_id"], "wrd": normalize_welsh(row["sentence"]),
+                     "spk_id": row["client_id"], "wrd": normalize(row["sentence"]),
                      "clip": row["path"]})  # fmt: skip
     unknown = [r for r in rows if r["clip"] not in known]
     for r, (frames, rate) in zip(unknown, audio_frames([r["wav"] for r in unknown], tsv.name,
                                                        workers), strict=True):  # fmt: skip
         known[r["clip"]] = frames / rate
-    kept = [r for r in rows if r["wrd"] and known[r["clip"]] <= max_duration]
-    logger.info("%s: kept %d of %d clips (%d empty transcripts, %d longer than %s s)", tsv,
-                len(kept), len(rows), sum(not r["wrd"] for r in rows),
-                sum(known[r["clip"]] > max_duration for r in rows), max_duration)  # fmt: skip
+    short = [len(r["wrd"].split()) < max(min_words, 1) for r in rows]
+    long = [max_duration is not None and known[r["clip"]] > max_duration for r in rows]
+    kept = [r for r, s, g in zip(rows, short, long, strict=True) if not (s or g)]
+    logger.info("%s: kept %d of %d clips (%d with fewer than %d words, %d longer than %s s)",
+                tsv, len(kept), len(rows), sum(short), max(min_words, 1), sum(long),
+                max_duration)  # fmt: skip
     for r in kept:
         r["duration"] = known[r.pop("clip")]
     return kept
@@ -150,10 +173,12 @@ def _split_rows(
 def prepare_commonvoice(
     data_folder: str,
     save_folder: str,
-    max_duration: float = 10.0,
+    max_duration: float | None = None,
     convert_to_wav: bool = False,
     skip_prep: bool = False,
     num_workers: int | None = None,
+    text_normalization: str = "welsh",
+    min_words: int = 1,
 ) -> None:
     """Write ``train.csv``, ``valid.csv`` and ``test.csv`` from a CommonVoice language folder.
 
@@ -163,14 +188,19 @@ def prepare_commonvoice(
         The language folder, e.g. ``cv-corpus-15.0-2023-09-08/cy`` (holding ``clips/`` and TSVs).
     save_folder : str
         Where the manifests (and the WAV cache) go.
-    max_duration : float
-        Longest clip kept, in seconds.
+    max_duration : float or None
+        Longest clip kept in every split, in seconds (``None``: keep all).
     convert_to_wav : bool
         Resample kept clips once to 16 kHz WAV under ``<save_folder>/wav16k``.
     skip_prep : bool
         Do nothing.
     num_workers : int or None
         Processes reading lengths / converting (``None``: all CPUs for large corpora).
+    text_normalization : str
+        ``welsh`` (:func:`normalize_welsh`) or ``none`` (the sentence as written, spaces
+        collapsed; the authors' MP3S preparation).
+    min_words : int
+        Drop transcripts with fewer words (the authors: 3); empty ones are always dropped.
 
     Example
     -------
@@ -190,13 +220,17 @@ def prepare_commonvoice(
     folder = require_dir(data_folder, "CommonVoice language")
     clips = require_dir(folder / "clips", "CommonVoice clips")
     tsvs = {name: require_file(folder / tsv, "CommonVoice split") for name, tsv in SPLITS.items()}
+    if text_normalization not in NORMALIZERS:
+        raise ValueError(f"expected text_normalization in {sorted(NORMALIZERS)}, got "
+                         f"{text_normalization!r}")  # fmt: skip
     options = {"data_folder": str(folder.resolve()), "max_duration": max_duration,
-               "convert_to_wav": convert_to_wav}  # fmt: skip
+               "convert_to_wav": convert_to_wav, "text_normalization": text_normalization,
+               "min_words": min_words}  # fmt: skip
 
     def build(out: Path) -> None:
         durations_tsv = folder / "clip_durations.tsv"
         known = _clip_durations(durations_tsv) if durations_tsv.is_file() else {}
-        splits = {name: _split_rows(tsv, clips, known, max_duration, num_workers)
+        splits = {name: _split_rows(tsv, clips, known, options, num_workers)
                   for name, tsv in tsvs.items()}  # fmt: skip
         if convert_to_wav:
             cache = out / "wav16k"
@@ -217,13 +251,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Prepare CommonVoice ASR manifests.")
     parser.add_argument("data_folder", help="language folder, e.g. cv-corpus-.../cy")
     parser.add_argument("save_folder")
-    parser.add_argument("--max-duration", type=float, default=10.0)
+    parser.add_argument("--max-duration", type=float, default=None,
+                        help="drop longer clips from every split (default: keep all)")
     parser.add_argument("--convert-to-wav", action="store_true")
     parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--text-normalization", choices=sorted(NORMALIZERS), default="welsh")
+    parser.add_argument("--min-words", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prepare_commonvoice(args.data_folder, args.save_folder, args.max_duration,
-                        args.convert_to_wav, num_workers=args.num_workers)  # fmt: skip
+                        args.convert_to_wav, num_workers=args.num_workers,
+                        text_normalization=args.text_normalization,
+                        min_words=args.min_words)  # fmt: skip
 
 
 if __name__ == "__main__":

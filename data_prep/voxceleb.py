@@ -1,15 +1,18 @@
 """VoxCeleb speaker-verification manifests.
 
-* ``train.csv``: fixed ``chunk_seconds`` chunks (sample offsets, no audio rewritten) of every
-  utterance whose speaker does not appear in the trial list; utterances shorter than one chunk
-  are dropped (logged).
-* ``valid.csv``: the same chunking for ``valid_fraction`` of each training speaker's utterances
+* ``train.csv``: every utterance whose speaker does not appear in the trial list, listed once per
+  whole ``crop_seconds`` it holds (``floor(duration / crop_seconds)`` rows ``<path>_<k>``, as the
+  SpeechBrain VoxCeleb preparation the authors used); each row spans the whole file
+  (``start = 0``, ``stop`` = its length), and the recipe reads a new random ``crop_seconds`` crop
+  of it every time the row is read. Utterances shorter than one crop are dropped (logged).
+* ``valid.csv``: the same rows for ``valid_fraction`` of each training speaker's utterances
   (picked evenly over the sorted paths; speakers with one utterance keep it in train).
 * ``enrol.csv`` / ``test.csv``: whole files named in the first / second path column of the trial
   list, ``ID`` = the path relative to ``wav/`` exactly as the trial list writes it.
 * ``trials.txt``: a copy of the trial list.
 
-Columns (all four CSVs): ``ID,duration,wav,start,stop,spk_id``.
+Columns (all four CSVs): ``ID,duration,wav,start,stop,spk_id``; ``duration`` is the file's length
+in seconds, ``start``/``stop`` sample offsets in the file's own rate.
 """
 
 from __future__ import annotations
@@ -73,11 +76,12 @@ def read_trials(path: str | Path, wav_dir: str | Path) -> list[tuple[int, str, s
     return trials
 
 
-def _chunks(rel: str, wav: str, frames: int, rate: int, chunk_seconds: float) -> list[dict]:
-    size, stem = round(chunk_seconds * rate), rel.removesuffix(".wav")
+def _crop_rows(rel: str, wav: str, frames: int, rate: int, crop_seconds: float) -> list[dict]:
+    """One row per whole crop the file holds, each spanning the whole file."""
+    size, stem = round(crop_seconds * rate), rel.removesuffix(".wav")
     return [
-        {"ID": f"{stem}_{k}", "duration": size / rate, "wav": wav, "start": k * size,
-         "stop": (k + 1) * size, "spk_id": rel.split("/")[0]}  # fmt: skip
+        {"ID": f"{stem}_{k}", "duration": frames / rate, "wav": wav, "start": 0, "stop": frames,
+         "spk_id": rel.split("/")[0]}  # fmt: skip
         for k in range(frames // size)
     ]
 
@@ -86,8 +90,8 @@ def prepare_voxceleb(
     data_folder: str,
     save_folder: str,
     trial_list: str = "veri_test2.txt",
-    chunk_seconds: float = 3.0,
-    valid_fraction: float = 0.05,
+    crop_seconds: float = 3.0,
+    valid_fraction: float = 0.1,
     skip_prep: bool = False,
     num_workers: int | None = None,
 ) -> None:
@@ -102,8 +106,9 @@ def prepare_voxceleb(
     trial_list : str
         Trial file, relative to ``data_folder`` (or absolute): ``veri_test2.txt`` (VoxCeleb1-O
         cleaned), ``list_test_hard2.txt``, ...
-    chunk_seconds : float
-        Training chunk length, in seconds.
+    crop_seconds : float
+        Length of the random training crops, in seconds: a file gets one row per whole crop it
+        holds; shorter files are left out.
     valid_fraction : float
         Fraction of each training speaker's utterances held out for validation.
     skip_prep : bool
@@ -120,8 +125,10 @@ def prepare_voxceleb(
     ...     sf.write(root / "wav" / rel, np.zeros(16000 * 7, dtype="int16"), 16000)
     >>> _ = (root / "veri_test2.txt").write_text("0 id1/v/00001.wav id2/v/00001.wav\\n")
     >>> prepare_voxceleb(str(root), str(root / "out"))
-    >>> [line.split(",")[3:] for line in (root / "out" / "train.csv").read_text().splitlines()]
-    [['start', 'stop', 'spk_id'], ['0', '48000', 'id3'], ['48000', '96000', 'id3']]
+    >>> [line.split(",")[::3] for line in (root / "out" / "train.csv").read_text().splitlines()]
+    [['ID', 'start'], ['id3/a/00001_0', '0'], ['id3/a/00001_1', '0']]
+    >>> [line.split(",")[4:] for line in (root / "out" / "train.csv").read_text().splitlines()]
+    [['stop', 'spk_id'], ['112000', 'id3'], ['112000', 'id3']]
     """
     if skip_prep:
         return
@@ -129,7 +136,7 @@ def prepare_voxceleb(
     wav_dir = require_dir(folder / "wav", "VoxCeleb wav")
     trial_path = require_file(folder / trial_list, "VoxCeleb trial list")
     options = {"data_folder": str(folder.resolve()), "trial_list": str(trial_path.resolve()),
-               "chunk_seconds": chunk_seconds, "valid_fraction": valid_fraction}  # fmt: skip
+               "crop_seconds": crop_seconds, "valid_fraction": valid_fraction}  # fmt: skip
 
     def build(out: Path) -> None:
         trials = read_trials(trial_path, wav_dir)
@@ -149,11 +156,11 @@ def prepare_voxceleb(
         rows = {"train": [], "valid": []}
         short = 0
         for rel in train:
-            chunks = _chunks(rel, str((wav_dir / rel).resolve()), *infos[rel], chunk_seconds)
-            short += not chunks
-            rows["valid" if rel in held else "train"] += chunks
+            crops = _crop_rows(rel, str((wav_dir / rel).resolve()), *infos[rel], crop_seconds)
+            short += not crops
+            rows["valid" if rel in held else "train"] += crops
         logger.info("VoxCeleb: %d training utterances, %d shorter than %s s dropped",
-                    len(train), short, chunk_seconds)  # fmt: skip
+                    len(train), short, crop_seconds)  # fmt: skip
         for name, rels in (("enrol", enrol), ("test", test)):
             rows[name] = [
                 {"ID": rel, "duration": infos[rel][0] / infos[rel][1],
@@ -174,12 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("data_folder", help="VoxCeleb1 root holding wav/")
     parser.add_argument("save_folder")
     parser.add_argument("--trial-list", default="veri_test2.txt")
-    parser.add_argument("--chunk-seconds", type=float, default=3.0)
-    parser.add_argument("--valid-fraction", type=float, default=0.05)
+    parser.add_argument("--crop-seconds", type=float, default=3.0)
+    parser.add_argument("--valid-fraction", type=float, default=0.1)
     parser.add_argument("--num-workers", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    prepare_voxceleb(args.data_folder, args.save_folder, args.trial_list, args.chunk_seconds,
+    prepare_voxceleb(args.data_folder, args.save_folder, args.trial_list, args.crop_seconds,
                      args.valid_fraction, num_workers=args.num_workers)  # fmt: skip
 
 

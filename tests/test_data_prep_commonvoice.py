@@ -53,7 +53,7 @@ def prepared(mini_corpora, tmp_path_factory):
     return out
 
 
-def _expected(truth, split, max_duration=10.0):
+def _expected(truth, split, max_duration=float("inf")):
     return {
         clip.removesuffix(".mp3"): info for clip, info in truth.items()
         if info["split"] == split and info["sentence"] and info["seconds"] <= max_duration
@@ -74,7 +74,7 @@ def test_rows_and_labels(prepared, truth):
             assert row["wrd"] and row["wrd"] == row["wrd"].lower()
             assert not set(row["wrd"]) & set('.,!?";:—')
             assert row["wav"].endswith(".mp3") and os.path.isabs(row["wav"])
-    assert len(read_csv(prepared / "train.csv")) == 38  # 40 minus one empty, one over 10 s
+    assert len(read_csv(prepared / "train.csv")) == 39  # 40 minus one empty (no duration limit)
 
 
 def test_quoted_sentence_is_read_literally(prepared, truth):
@@ -115,6 +115,34 @@ def test_max_duration_filter(mini_corpora, tmp_path, truth):
     assert 0 < len(kept) < len(expected)
 
 
+def test_authors_text_protocol(corpus_copy, tmp_path):
+    """text_normalization=none, min_words=3: sentences as written (spaces collapsed), fewer than
+    3 words dropped from every split (the authors' MP3S preparation), no duration limit."""
+    for split, sentence in (("dev", "Bore  da!"), ("test", "  Nos   da,  Cymru. ")):
+        lines = (corpus_copy / f"{split}.tsv").read_text().splitlines()
+        fields = lines[1].split("\t")
+        fields[3] = sentence
+        lines[1] = "\t".join(fields)
+        (corpus_copy / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    prepare_commonvoice(str(corpus_copy), str(tmp_path), text_normalization="none", min_words=3)
+    for name in ("train", "valid", "test"):
+        split = {"valid": "dev"}.get(name, name)
+        written = {r["path"].removesuffix(".mp3"): r["sentence"]
+                   for r in read_csv_tsv(corpus_copy / f"{split}.tsv")}  # fmt: skip
+        expected = {clip: " ".join(text.split()) for clip, text in written.items()
+                    if len(text.split()) >= 3}  # fmt: skip
+        rows = {r["ID"]: r["wrd"] for r in read_csv(tmp_path / f"{name}.csv")}
+        assert rows == expected, name
+    assert "Nos da, Cymru." in rows.values()  # case and punctuation kept
+    assert all(r["wrd"] != "Bore da!" for r in read_csv(tmp_path / "valid.csv"))
+
+
+def test_unknown_text_normalization(mini_corpora, tmp_path):
+    with pytest.raises(ValueError, match=r"text_normalization in \['none', 'welsh'\], got 'upper'"):
+        prepare_commonvoice(str(mini_corpora / "cv-corpus-mini" / "cy"), str(tmp_path),
+                            text_normalization="upper")  # fmt: skip
+
+
 @pytest.fixture
 def corpus_copy(mini_corpora, tmp_path):
     shutil.copytree(mini_corpora / "cv-corpus-mini" / "cy", tmp_path / "cy")
@@ -131,7 +159,7 @@ def test_older_header_and_no_clip_durations(corpus_copy, truth, tmp_path):
     (corpus_copy / "clip_durations.tsv").unlink()
     prepare_commonvoice(str(corpus_copy), str(tmp_path / "out"))
     rows = read_csv(tmp_path / "out" / "train.csv")
-    assert len(rows) == 38
+    assert len(rows) == 39
     for row in rows:
         seconds = truth[os.path.basename(row["wav"])]["seconds"]
         assert float(row["duration"]) == pytest.approx(seconds, abs=0.08)

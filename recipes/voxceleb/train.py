@@ -1,11 +1,14 @@
 """VoxCeleb speaker verification with a frozen (or fine-tuned) pre-trained wav2vec 2.0 encoder.
 
-MP3S protocol: a learned softmax-weighted sum of all hidden states feeds an ECAPA-TDNN trained as
-a speaker classifier with the additive angular margin (AAM) softmax on fixed-length training
-chunks; validation reports the speaker-identification accuracy on held-out chunks of the
-training speakers. At test time, whole enrolment and test utterances are embedded and each
-trial of the official list is scored by the cosine similarity of the two embeddings (no score
-normalisation); EER and minDCF are written to ``metrics_file``.
+MP3S protocol as the authors ran it: a learned softmax-weighted sum of all hidden states feeds an
+ECAPA-TDNN trained as a speaker classifier with the additive angular margin (AAM) softmax. Every
+time a training (or validation) row is read, a new ``crop_seconds`` crop is cut at a uniformly
+random offset of its utterance (a file is listed once per whole crop it holds; shorter files are
+not listed); validation reports the speaker-identification accuracy on such crops of held-out
+utterances of the training speakers. At test time, whole enrolment and test utterances are
+embedded one at a time (no padding) and each trial of the official list is scored by the cosine
+similarity of the two embeddings (no score normalisation); EER and minDCF are written to
+``metrics_file``.
 
 Run from the repository root::
 
@@ -22,6 +25,7 @@ from pathlib import Path
 # Run as a script from anywhere: the repository root holds summarymixing/ and data_prep/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import soundfile as sf
 import speechbrain as sb
 import torch
 from speechbrain.dataio.dataloader import make_dataloader
@@ -30,6 +34,7 @@ from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.metric_stats import EER, ClassificationStats, minDCF
 
 from data_prep.voxceleb import prepare_voxceleb
+from summarymixing.audio import AudioReadError, read_audio
 from summarymixing.downstream.brain import DownstreamBrain
 from summarymixing.downstream.data import (
     add_audio_pipeline,
@@ -39,6 +44,58 @@ from summarymixing.downstream.data import (
 from summarymixing.recipe import load_recipe
 
 logger = logging.getLogger(__name__)
+
+
+def random_crop(
+    wav: str, start: int, stop: int, seconds: float, sample_rate: int = 16000
+) -> torch.Tensor:
+    """A ``seconds``-long crop of the ``[start, stop)`` sample span of an audio file, at an offset
+    drawn uniformly (``torch``'s generator) from every offset that fits.
+
+    Arguments
+    ---------
+    wav : str
+        Audio file.
+    start, stop : int
+        The span to crop from, in samples at the file's own rate.
+    seconds : float
+        Crop length.
+    sample_rate : int
+        Rate of the returned waveform (the crop is resampled if the file's differs).
+
+    Returns
+    -------
+    torch.Tensor
+        shape: [round(seconds * file rate) resampled to sample_rate]; ``seconds * sample_rate``
+        samples for a file at ``sample_rate``.
+
+    Raises
+    ------
+    AudioReadError
+        Naming the file, if it cannot be read or the span is shorter than the crop.
+
+    Example
+    -------
+    >>> import tempfile, os, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> sf.write(path, np.arange(16000 * 4) % 1000 / 1000, 16000)
+    >>> random_crop(path, 0, 16000 * 4, 3.0).shape
+    torch.Size([48000])
+    >>> random_crop(path, 0, 16000 * 2, 3.0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    summarymixing.audio.AudioReadError: ...a.wav: expected at least 3.0 s in [0, 32000), got 2.0 s
+    """
+    try:
+        rate = sf.info(wav).samplerate
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise AudioReadError(f"{wav}: cannot read audio ({err})") from err
+    size = round(seconds * rate)
+    if stop - start < size:
+        raise AudioReadError(f"{wav}: expected at least {seconds} s in [{start}, {stop}), got "
+                             f"{(stop - start) / rate} s")  # fmt: skip
+    offset = start + int(torch.randint(stop - start - size + 1, ()))
+    return read_audio(wav, offset, offset + size, sample_rate=sample_rate)
 
 
 class SpeakerBrain(DownstreamBrain):
@@ -118,7 +175,8 @@ class SpeakerBrain(DownstreamBrain):
 
 
 def dataio_prepare(hparams: dict) -> tuple[dict[str, DynamicItemDataset], int]:
-    """Train/valid chunks with speaker labels, enrol/test utterances; number of speakers."""
+    """Train/valid rows (a new random ``crop_seconds`` crop each read) with speaker labels,
+    whole enrol/test utterances; number of speakers."""
     datasets = {
         split: load_manifest(hparams[f"{split}_csv"], hparams["sorting"], hparams["max_duration"])
         for split in ("train", "valid")
@@ -126,7 +184,15 @@ def dataio_prepare(hparams: dict) -> tuple[dict[str, DynamicItemDataset], int]:
     datasets.update(
         {split: load_manifest(hparams[f"{split}_csv"]) for split in ("enrol", "test")}
     )
-    add_audio_pipeline(datasets.values(), hparams["sample_rate"], offsets=True)
+    seconds, sample_rate = hparams["crop_seconds"], hparams["sample_rate"]
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig")
+    def crop_pipeline(wav: str, start: str, stop: str) -> torch.Tensor:
+        return random_crop(wav, int(start), int(stop), seconds, sample_rate)
+
+    sb.dataio.dataset.add_dynamic_item([datasets["train"], datasets["valid"]], crop_pipeline)
+    add_audio_pipeline([datasets["enrol"], datasets["test"]], sample_rate, offsets=True)
     speakers = add_label_pipeline(
         "spk_id", datasets["train"], {"valid": datasets["valid"]},
         Path(hparams["save_folder"]) / "spk_id_encoder.txt",
@@ -137,13 +203,16 @@ def dataio_prepare(hparams: dict) -> tuple[dict[str, DynamicItemDataset], int]:
 def main(argv: list[str] | None = None) -> dict:
     """Prepare VoxCeleb, train the speaker embedding, score the trials; return the metrics."""
     hparams, run_opts = load_recipe(argv)
+    if hparams["cache_features"]:
+        raise ValueError("expected cache_features: False for VoxCeleb, got True (training reads a "
+                         "new random crop of each utterance every time)")  # fmt: skip
     run_on_main(
         prepare_voxceleb,
         kwargs={
             "data_folder": hparams["data_folder"],
             "save_folder": hparams["prep_folder"],
             "trial_list": hparams["trial_list"],
-            "chunk_seconds": hparams["chunk_seconds"],
+            "crop_seconds": hparams["crop_seconds"],
             "valid_fraction": hparams["valid_fraction"],
             "skip_prep": hparams["skip_prep"],
         },
