@@ -70,8 +70,8 @@ def add_audio_pipeline(
 ) -> None:
     """Add the dynamic item ``sig`` (1-D waveform) to every dataset.
 
-    With ``offsets``, only the ``[start, stop)`` sample slice of each file is read (VoxCeleb's
-    fixed-length chunks).
+    With ``offsets``, only the ``[start, stop)`` sample slice of each file is read (a manifest
+    of segments of longer files, such as VoxCeleb's enrolment and test spans).
     """
     if offsets:
 
