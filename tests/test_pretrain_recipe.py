@@ -133,11 +133,14 @@ def test_resume_matches_an_uninterrupted_run(
 
     assert resumed.optimizer_step == straight.optimizer_step == 6
     assert [int(r["step"]) for r in step_log(tmp_path / "resumed")] == [1, 2, 3, 4, 5, 6]
-    # Same batches, masks, negatives and layer drops: the logged losses agree to the digit...
+    # Same batches, masks, negatives and layer drops: the logged losses (3 significant digits)
+    # agree to the last digit (one unit apart when rounding-level noise crosses a boundary)...
     for straight_row, resumed_row in zip(step_log(tmp_path / "straight"),
                                          step_log(tmp_path / "resumed"), strict=True):
         for key in ("loss", "accuracy", "diversity_loss", "lr", "temperature"):
-            assert straight_row[key] == resumed_row[key], (straight_row["step"], key)
+            a, b = straight_row[key], resumed_row[key]
+            unit = 10 ** (math.floor(math.log10(abs(a))) - 2) if a else 0.0
+            assert abs(a - b) <= 1.0001 * unit, (straight_row["step"], key, a, b)
     # ...and the weights agree up to float rounding: CPU kernels are not bit-reproducible from
     # one call to the next, and Adam turns rounding-level gradients of near-zero entries into
     # steps of up to the learning rate, so compare each tensor's relative distance.
