@@ -7,9 +7,12 @@ DEVICE ?= cpu
 
 .PHONY: venv test lint demo benchmark clean
 
-$(STAMP): requirements.txt
+# The pinned requirements first, then this project as an editable package (summarymixing and
+# data_prep importable from anywhere), built with the pinned setuptools.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -22,7 +22,7 @@ from typing import Any
 import soundfile as sf
 from tqdm import tqdm
 
-from summarymixing.files import PARTIAL_SUFFIX, atomic_write, atomic_write_text
+from data_prep.files import PARTIAL_SUFFIX, atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +160,8 @@ def run_once(
     name in ``outputs`` exists. Anything else (no marker, other options, a leftover temporary file
     from an interrupted run) is rebuilt from scratch.
 
-    Parameters
-    ----------
+    Arguments
+    ---------
     save_folder : str or PathLike
         Folder receiving the manifests.
     options : Mapping
@@ -224,8 +224,8 @@ def audio_frames(
 ) -> list[tuple[int, int]]:
     """Read ``(num_frames, sample_rate)`` of many audio files, in parallel when there are many.
 
-    Parameters
-    ----------
+    Arguments
+    ---------
     paths : Sequence
         Audio files.
     desc : str

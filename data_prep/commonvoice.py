@@ -10,7 +10,7 @@ MP3S protocol keeps every clip here and drops long ones from training only, in t
 dropped, with a logged count. Durations come from ``clip_durations.tsv`` when the release has it
 (and lists the clip), otherwise from the audio. With ``convert_to_wav`` every kept clip is
 resampled once to a 16 kHz WAV cache under ``<save_folder>/wav16k`` and ``wav`` points there;
-otherwise ``wav`` is the mp3 and :func:`summarymixing.audio.read_audio` resamples at load time.
+otherwise ``wav`` is the mp3 and :func:`data_prep.audio.read_audio` resamples at load time.
 
 Columns: ``ID,duration,wav,spk_id,wrd``.
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
+from data_prep.audio import AudioReadError, read_audio
 from data_prep.common import (
     PARALLEL_THRESHOLD,
     POOL_CONTEXT,
@@ -41,7 +42,6 @@ from data_prep.common import (
     where,
     write_csv,
 )
-from summarymixing.audio import AudioReadError, read_audio
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _tsv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict
             continue
         if len(fields) != len(header):
             raise DataPrepError(f"{where(path, reader.line_num)}: expected {len(header)} "
-                                f"tab-separated fields, got {len(fields)}")  # fmt: skip
+                                f"tab-separated fields, got {len(fields)}")
         yield reader.line_num, dict(zip(header, fields, strict=True))
 
 
@@ -100,7 +100,7 @@ def _clip_durations(path: Path) -> dict[str, float]:
             durations[row["clip"]] = float(row["duration[ms]"]) / 1000.0
         except ValueError as err:
             raise DataPrepError(f"{where(path, line_no)}: bad duration[ms] "
-                                f"{row['duration[ms]']!r}") from err  # fmt: skip
+                                f"{row['duration[ms]']!r}") from err
     return durations
 
 
@@ -154,17 +154,17 @@ def _split_rows(
             raise DataPrepError(f"{where(tsv, line_no)}: clip {audio} not found")
         rows.append({"ID": Path(row["path"]).stem, "wav": str(audio.resolve()),
                      "spk_id": row["client_id"], "wrd": normalize(row["sentence"]),
-                     "clip": row["path"]})  # fmt: skip
+                     "clip": row["path"]})
     unknown = [r for r in rows if r["clip"] not in known]
     for r, (frames, rate) in zip(unknown, audio_frames([r["wav"] for r in unknown], tsv.name,
-                                                       workers), strict=True):  # fmt: skip
+                                                       workers), strict=True):
         known[r["clip"]] = frames / rate
     short = [len(r["wrd"].split()) < max(min_words, 1) for r in rows]
     long = [max_duration is not None and known[r["clip"]] > max_duration for r in rows]
     kept = [r for r, s, g in zip(rows, short, long, strict=True) if not (s or g)]
     logger.info("%s: kept %d of %d clips (%d with fewer than %d words, %d longer than %s s)",
                 tsv, len(kept), len(rows), sum(short), max(min_words, 1), sum(long),
-                max_duration)  # fmt: skip
+                max_duration)
     for r in kept:
         r["duration"] = known[r.pop("clip")]
     return kept
@@ -182,8 +182,8 @@ def prepare_commonvoice(
 ) -> None:
     """Write ``train.csv``, ``valid.csv`` and ``test.csv`` from a CommonVoice language folder.
 
-    Parameters
-    ----------
+    Arguments
+    ---------
     data_folder : str
         The language folder, e.g. ``cv-corpus-15.0-2023-09-08/cy`` (holding ``clips/`` and TSVs).
     save_folder : str
@@ -222,23 +222,23 @@ def prepare_commonvoice(
     tsvs = {name: require_file(folder / tsv, "CommonVoice split") for name, tsv in SPLITS.items()}
     if text_normalization not in NORMALIZERS:
         raise ValueError(f"expected text_normalization in {sorted(NORMALIZERS)}, got "
-                         f"{text_normalization!r}")  # fmt: skip
+                         f"{text_normalization!r}")
     options = {"data_folder": str(folder.resolve()), "max_duration": max_duration,
                "convert_to_wav": convert_to_wav, "text_normalization": text_normalization,
-               "min_words": min_words}  # fmt: skip
+               "min_words": min_words}
 
     def build(out: Path) -> None:
         durations_tsv = folder / "clip_durations.tsv"
         known = _clip_durations(durations_tsv) if durations_tsv.is_file() else {}
         splits = {name: _split_rows(tsv, clips, known, options, num_workers)
-                  for name, tsv in tsvs.items()}  # fmt: skip
+                  for name, tsv in tsvs.items()}
         if convert_to_wav:
             cache = out / "wav16k"
             cache.mkdir(exist_ok=True)
             rows = [r for rows in splits.values() for r in rows]
             jobs = [(r["wav"], str((cache / f"{r['ID']}.wav").resolve())) for r in rows]
             for r, (_, dst), frames in zip(rows, jobs, _convert_all(jobs, num_workers),
-                                           strict=True):  # fmt: skip
+                                           strict=True):
                 r["wav"], r["duration"] = dst, frames / WAV_RATE
         for name, rows in splits.items():
             write_csv(out / f"{name}.csv", FIELDS, rows)
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare_commonvoice(args.data_folder, args.save_folder, args.max_duration,
                         args.convert_to_wav, num_workers=args.num_workers,
                         text_normalization=args.text_normalization,
-                        min_words=args.min_words)  # fmt: skip
+                        min_words=args.min_words)
 
 
 if __name__ == "__main__":

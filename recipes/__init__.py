@@ -1,2 +1,2 @@
-"""Recipes, run from the repository root:
-``python recipes/<task>/train.py hparams/<task>/<config>.yaml``."""
+"""Recipes: ``python recipes/<task>/train.py hparams/<task>/<config>.yaml`` (the project installed
+with ``pip install -e .``, as ``make venv`` does)."""

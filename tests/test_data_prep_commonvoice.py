@@ -10,9 +10,9 @@ import shutil
 import pytest
 import soundfile as sf
 
+from data_prep.audio import read_audio
 from data_prep.common import DataPrepError
 from data_prep.commonvoice import main, normalize_welsh, prepare_commonvoice
-from summarymixing.audio import read_audio
 
 FIELDS = "ID,duration,wav,spk_id,wrd"
 
@@ -57,7 +57,7 @@ def _expected(truth, split, max_duration=float("inf")):
     return {
         clip.removesuffix(".mp3"): info for clip, info in truth.items()
         if info["split"] == split and info["sentence"] and info["seconds"] <= max_duration
-    }  # fmt: skip
+    }
 
 
 def test_rows_and_labels(prepared, truth):
@@ -80,7 +80,7 @@ def test_rows_and_labels(prepared, truth):
 def test_quoted_sentence_is_read_literally(prepared, truth):
     quoted = [c.removesuffix(".mp3") for c, i in truth.items() if '"' in i["sentence"]]
     rows = {r["ID"]: r["wrd"] for name in ("train", "valid", "test")
-            for r in read_csv(prepared / f"{name}.csv")}  # fmt: skip
+            for r in read_csv(prepared / f"{name}.csv")}
     assert quoted and all(rows[c] == "dywedodd hi croeso i gymru" for c in quoted if c in rows)
 
 
@@ -94,7 +94,7 @@ def test_mp3_is_resampled_at_load(prepared, truth):
 
 def test_convert_to_wav(mini_corpora, tmp_path, truth):
     prepare_commonvoice(str(mini_corpora / "cv-corpus-mini" / "cy"), str(tmp_path),
-                        convert_to_wav=True, num_workers=2)  # fmt: skip
+                        convert_to_wav=True, num_workers=2)
     rows = read_csv(tmp_path / "valid.csv")
     assert {r["ID"] for r in rows} == set(_expected(truth, "dev"))
     for row in rows:
@@ -106,7 +106,7 @@ def test_convert_to_wav(mini_corpora, tmp_path, truth):
 
 def test_max_duration_filter(mini_corpora, tmp_path, truth):
     prepare_commonvoice(str(mini_corpora / "cv-corpus-mini" / "cy"), str(tmp_path),
-                        max_duration=2.0)  # fmt: skip
+                        max_duration=2.0)
     kept = {r["ID"] for r in read_csv(tmp_path / "test.csv")}
     expected = _expected(truth, "test")
     # mp3 encoding pads a few tens of ms: judge only clips clearly on one side of 2 s
@@ -128,9 +128,9 @@ def test_authors_text_protocol(corpus_copy, tmp_path):
     for name in ("train", "valid", "test"):
         split = {"valid": "dev"}.get(name, name)
         written = {r["path"].removesuffix(".mp3"): r["sentence"]
-                   for r in read_csv_tsv(corpus_copy / f"{split}.tsv")}  # fmt: skip
+                   for r in read_csv_tsv(corpus_copy / f"{split}.tsv")}
         expected = {clip: " ".join(text.split()) for clip, text in written.items()
-                    if len(text.split()) >= 3}  # fmt: skip
+                    if len(text.split()) >= 3}
         rows = {r["ID"]: r["wrd"] for r in read_csv(tmp_path / f"{name}.csv")}
         assert rows == expected, name
     assert "Nos da, Cymru." in rows.values()  # case and punctuation kept
@@ -140,7 +140,7 @@ def test_authors_text_protocol(corpus_copy, tmp_path):
 def test_unknown_text_normalization(mini_corpora, tmp_path):
     with pytest.raises(ValueError, match=r"text_normalization in \['none', 'welsh'\], got 'upper'"):
         prepare_commonvoice(str(mini_corpora / "cv-corpus-mini" / "cy"), str(tmp_path),
-                            text_normalization="upper")  # fmt: skip
+                            text_normalization="upper")
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ def test_older_header_and_no_clip_durations(corpus_copy, truth, tmp_path):
     for split in ("train", "dev", "test"):
         rows = read_csv_tsv(corpus_copy / f"{split}.tsv")
         old = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender",
-               "accents", "locale", "segment"]  # fmt: skip
+               "accents", "locale", "segment"]
         lines = ["\t".join(old)] + ["\t".join(r[c] for c in old) for r in rows]
         (corpus_copy / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     (corpus_copy / "clip_durations.tsv").unlink()

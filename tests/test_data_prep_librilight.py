@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from data_prep.audio import read_audio
 from data_prep.common import DataPrepError
 from data_prep.librilight import main, prepare_librilight, vad_segments
-from summarymixing.audio import read_audio
 
 SR = 16000
 
@@ -36,7 +36,7 @@ def prepared(mini_corpora, tmp_path_factory):
         str(mini_corpora / "librilight"), str(out), split="small",
         valid_folder=str(mini_corpora / "LibriSpeech" / "dev-clean"),
         min_duration=2.0, max_duration=6.0,
-    )  # fmt: skip
+    )
     return out
 
 
@@ -97,7 +97,7 @@ def test_valid_is_dev_clean(prepared, truth):
 
 def test_holdout_without_valid_folder(mini_corpora, prepared, tmp_path):
     prepare_librilight(str(mini_corpora / "librilight"), str(tmp_path), "small",
-                       min_duration=2.0, max_duration=6.0, valid_fraction=0.1)  # fmt: skip
+                       min_duration=2.0, max_duration=6.0, valid_fraction=0.1)
     train, valid = read_csv(tmp_path / "train.csv"), read_csv(tmp_path / "valid.csv")
     everything = {r["ID"] for r in read_csv(prepared / "train.csv")}
     assert {r["ID"] for r in train} | {r["ID"] for r in valid} == everything
@@ -113,11 +113,11 @@ def test_pre_cut_folder_gives_whole_files(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(path, np.full(n, 100, dtype=np.int16), SR)
     prepare_librilight(str(tmp_path / "cut"), str(tmp_path / "out"), split=None,
-                       min_duration=2, max_duration=6, valid_fraction=0.0)  # fmt: skip
+                       min_duration=2, max_duration=6, valid_fraction=0.0)
     rows = read_csv(tmp_path / "out" / "train.csv")
     assert [(r["start"], r["stop"], r["spk_id"]) for r in rows] == [
         ("0", str(3 * SR), "42"), ("0", str(5 * SR), "42"),
-    ]  # fmt: skip
+    ]
 
 
 def test_paper_selection_by_default_and_hours_logged(tmp_path, caplog):
@@ -128,7 +128,7 @@ def test_paper_selection_by_default_and_hours_logged(tmp_path, caplog):
         sf.write(path, np.full(round(seconds * SR), 100, dtype=np.int16), SR)
     with caplog.at_level("INFO", logger="data_prep.librilight"):
         prepare_librilight(str(tmp_path / "cut"), str(tmp_path / "out"), split=None,
-                           valid_fraction=0.0)  # fmt: skip
+                           valid_fraction=0.0)
     rows = read_csv(tmp_path / "out" / "train.csv")
     assert sorted(float(r["duration"]) for r in rows) == [10.0, pytest.approx(20.2)]
     kept_h, dropped_h = (30.2 / 3600, 30.0 / 3600)
@@ -192,10 +192,10 @@ def test_transcript_naming_missing_audio(corpus_copy):
     with pytest.raises(DataPrepError, match=rf"{trans.name}:2: audio .*{utt}.flac not found"):
         prepare_librilight(str(corpus_copy / "ll"), str(corpus_copy / "out"), "small",
                            valid_folder=str(corpus_copy / "LibriSpeech" / "dev-clean"),
-                           min_duration=2.0, max_duration=6.0)  # fmt: skip
+                           min_duration=2.0, max_duration=6.0)
 
 
 def test_cli(mini_corpora, tmp_path):
     main([str(mini_corpora / "librilight"), str(tmp_path), "--split", "small",
-          "--min-duration", "2", "--max-duration", "6"])  # fmt: skip
+          "--min-duration", "2", "--max-duration", "6"])
     assert len(read_csv(tmp_path / "train.csv")) > 20

@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
+from data_prep.audio import read_audio
 from data_prep.common import DataPrepError
 from data_prep.slurp import main, prepare_slurp
-from summarymixing.audio import read_audio
 
 FIELDS = "ID,duration,wav,scenario,action,intent,transcript"
 SPLITS = {"train": "train", "valid": "devel", "test": "test"}

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from recipes.demo import report
 from recipes.demo.run import StageError, as_argument, main, run_stage
+from summarymixing import comparison
 
 MODELS = ["SummaryMixing", "regularMHA"]
 SMOKE = {
@@ -45,13 +45,13 @@ def test_report_holds_every_row_and_column(demo):
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in table[1:]] == [
         "| SummaryMixing", "| regularMHA", "| ratio SummaryMixing / regularMHA"]
-    for title in report.COLUMNS:
+    for title in comparison.COLUMNS:
         assert title in table[0]
     assert json.loads((out / "report.json").read_text()) == rows
     for model in MODELS:
         row = next(line for line in table if line.startswith(f"| {model} |"))
         assert row == f"| {model} | " + " | ".join(
-            f"{rows[model][title]:.4g}" for title in report.COLUMNS) + " |"
+            f"{rows[model][title]:.4g}" for title in comparison.COLUMNS) + " |"
     for plot in ("pretraining_curves", "layer_weights", "benchmark_pretraining_step"):
         assert (out / "plots" / f"{plot}.png").stat().st_size > 0
 

@@ -23,12 +23,17 @@ WORKER = textwrap.dedent(
     import speechbrain as sb
     import torch, torch.distributed as dist
     from hyperpyyaml import load_hyperpyyaml
-    from summarymixing.downstream.classification import run_classification
+    from recipes.slurp.train import dataio_prepare
+    from summarymixing.downstream.classification import ClassificationBrain
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[2:])
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file) as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    metrics = run_classification(hparams, run_opts)
+    datasets, label_encoders = dataio_prepare(hparams)
+    ClassificationBrain(
+        modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+        run_opts=run_opts, checkpointer=hparams["checkpointer"], label_encoders=label_encoders,
+    ).fit_and_test(datasets)
     state = {f"encoder.{k}": v for k, v in hparams["pretrained"].state_dict().items()}
     state.update({f"model.{k}": v for k, v in hparams["model"].state_dict().items()})
     torch.save(state, f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
@@ -39,7 +44,7 @@ WORKER = textwrap.dedent(
 def test_two_gloo_ranks_fine_tune_identically(mini_corpora: Path, tmp_path: Path) -> None:
     arch = {"n_mels": 40, "cnn_channels": [16, 16], "d_model": 16, "num_layers": 1, "nhead": 4,
             "d_ffn": 32, "conv_kernel_size": 3, "local_proj_hid_dim": [16],
-            "summary_hid_dim": [16]}  # fmt: skip
+            "summary_hid_dim": [16]}
     torch.manual_seed(0)
     encoder = save_pretrained(build_encoder(arch), arch, tmp_path / "encoder.pt")
     manifests = tmp_path / "manifests"
@@ -54,7 +59,7 @@ def test_two_gloo_ranks_fine_tune_identically(mini_corpora: Path, tmp_path: Path
         "--number_of_epochs", "1", "--freeze_encoder", "False", "--freeze_encoder_steps", "2",
         "--encoder_lr", "0.001", "--device", "cpu", "--distributed_backend", "gloo",
         "--find_unused_parameters", "--noprogressbar",
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -25,9 +25,9 @@ from speechbrain.augment.time_domain import SpeedPerturb
 from speechbrain.dataio.dataloader import make_dataloader
 from speechbrain.nnet.schedulers import LinearScheduler, NewBobScheduler
 
+from data_prep.audio import AudioReadError
 from recipes.asr_commonvoice import train as asr
 from recipes.voxceleb import train as vox
-from summarymixing.audio import AudioReadError
 from summarymixing.export import save_pretrained
 from summarymixing.w2v2.encoder import build_encoder
 
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = re.compile(r"^([A-Za-z_]\w*):", re.MULTILINE)
 ARCH = {"n_mels": 40, "cnn_channels": [16, 16], "d_model": 16, "num_layers": 1, "nhead": 4,
         "d_ffn": 32, "conv_kernel_size": 3, "local_proj_hid_dim": [16],
-        "summary_hid_dim": [16]}  # fmt: skip
+        "summary_hid_dim": [16]}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def load(task: str, name: str, encoder: Path, out: Path) -> dict:
     overrides = {"data_folder": str(out), "pretrained_path": str(encoder),
-                 "output_folder": str(out)}  # fmt: skip
+                 "output_folder": str(out)}
     with open(ROOT / "hparams" / task / name, encoding="utf-8") as fin:
         return load_hyperpyyaml(fin, overrides)
 
@@ -58,7 +58,7 @@ def lr(opt_class) -> dict:
 def newbob(scheduler) -> tuple:
     assert isinstance(scheduler, NewBobScheduler)
     return (scheduler.hyperparam_value, scheduler.improvement_threshold,
-            scheduler.annealing_factor, scheduler.patient)  # fmt: skip
+            scheduler.annealing_factor, scheduler.patient)
 
 
 # --------------------------------------------------------------------------- shipped YAMLs
@@ -82,7 +82,7 @@ def test_welsh_asr_yaml_is_the_authors_protocol(tiny_encoder, tmp_path):
     # head: 2-layer BiLSTM 1024, dropout 0.2; CTC over 2 x 1024
     lstm = hp["head"].lstm.rnn
     assert (lstm.hidden_size, lstm.num_layers, lstm.bidirectional, lstm.dropout) == (
-        1024, 2, True, 0.2)  # fmt: skip
+        1024, 2, True, 0.2)
     assert hp["ctc_output"].keywords["input_size"] == 2048
     # optimisation: Adam 4e-4 + NewBob(0.8); the layer weights: Adam 0.02 + NewBob(0.9)
     assert hp["opt_class"].func is torch.optim.Adam and lr(hp["opt_class"]) == {"lr": 0.0004}
@@ -133,14 +133,14 @@ OBJECTS = {"__set_seed", "pretrained", "encoder", "weighted_sum", "feature_cache
            "feat_augment", "head", "ctc_output", "classifier", "compute_cost", "modules", "model",
            "tokenizer", "opt_class", "weights_opt_class", "encoder_opt_class", "lr_annealing",
            "lr_annealing_weights", "lr_annealing_encoder", "epoch_counter", "checkpointer",
-           "train_logger", "num_hidden_states", "d_model"}  # fmt: skip
+           "train_logger", "num_hidden_states", "d_model"}
 PATHS = {"data_folder", "output_folder", "save_folder", "prep_folder", "train_log", "metrics_file",
          "layer_weights_plot", "train_csv", "valid_csv", "test_csv", "enrol_csv", "trials_file"}
 EXTENSIONS = {"asr_commonvoice": {"text_normalization": "welsh", "min_words": 1, "beam_size": 10,
                                   "dynamic_batching": {"max_batch_length": 200.0,
                                                        "num_buckets": 40, "shuffle": True,
                                                        "batch_ordering": "random"}},
-              "voxceleb": {}}  # fmt: skip
+              "voxceleb": {}}
 
 
 @pytest.mark.parametrize("task", ["asr_commonvoice", "voxceleb"])
@@ -187,10 +187,10 @@ def test_random_crops_are_3_s_and_new_at_every_read(ramp, tmp_path):
     row = {"duration": 4.5, "wav": str(path), "start": 0, "stop": 72000, "spk_id": "id1"}
     manifests = {split: write_manifest(tmp_path / f"{split}.csv", fields,
                                        [{**row, "ID": f"{split}_{k}"} for k in range(4)])
-                 for split in ("train", "valid", "enrol", "test")}  # fmt: skip
+                 for split in ("train", "valid", "enrol", "test")}
     hparams = {f"{split}_csv": str(p) for split, p in manifests.items()}
     hparams.update(sorting="original", max_duration=None, crop_seconds=3.0, sample_rate=16000,
-                   save_folder=str(tmp_path))  # fmt: skip
+                   save_folder=str(tmp_path))
     torch.manual_seed(0)
     datasets, speakers = vox.dataio_prepare(hparams)
     assert speakers == 1
@@ -223,7 +223,7 @@ def test_random_crop_of_a_short_span_names_the_file(ramp):
 def test_voxceleb_refuses_cached_features(tiny_encoder, tmp_path):
     args = [str(ROOT / "hparams" / "voxceleb" / "mini.yaml"), f"--output_folder={tmp_path}",
             f"--data_folder={tmp_path}", f"--pretrained_path={tiny_encoder}",
-            "--cache_features=True"]  # fmt: skip
+            "--cache_features=True"]
     with pytest.raises(ValueError, match="expected cache_features: False for VoxCeleb"):
         vox.main(args)
 
@@ -235,7 +235,7 @@ def test_long_clips_leave_the_training_set_only(tmp_path):
     for split in ("train", "valid", "test"):
         rows = [{"ID": f"{split}_{name}", "duration": seconds, "wav": "x.wav", "spk_id": "s",
                  "wrd": "bore da"} for name, seconds in (("long", 12.5), ("short", 4.0),
-                                                         ("edge", 10.0))]  # fmt: skip
+                                                         ("edge", 10.0))]
         hparams[f"{split}_csv"] = str(write_manifest(tmp_path / f"{split}.csv", fields, rows))
     datasets = asr.dataio_prepare(hparams, tokenizer=None)
     assert datasets["train"].data_ids == ["train_short", "train_edge"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -19,8 +20,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.iemocap import prepare_iemocap
-from recipes.iemocap.train import prepare_speaker_folds
-from summarymixing.downstream.classification import prepare_datasets, run_classification
+from recipes.iemocap.train import dataio_prepare, prepare_speaker_folds, run_fold
 from summarymixing.export import load_pretrained, save_pretrained
 from summarymixing.w2v2.encoder import build_encoder
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_ARCH = {
     "n_mels": 40, "cnn_channels": [32, 32], "d_model": 32, "num_layers": 2, "nhead": 4,
     "d_ffn": 64, "conv_kernel_size": 3, "local_proj_hid_dim": [32], "summary_hid_dim": [32],
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,7 +76,7 @@ def check_outputs(folder: Path) -> dict:
 def test_slurp_learns_scenarios(mini_corpora, tiny_encoder, tmp_path):
     out = tmp_path / "slurp"
     metrics = run_recipe("slurp", "mini.yaml", out, data_folder=mini_corpora / "slurp",
-                         pretrained_path=tiny_encoder)  # fmt: skip
+                         pretrained_path=tiny_encoder)
     assert metrics == check_outputs(out)
     test = metrics["test"]
     # the shipped protocol's structure: scenario only (6 scenarios, the largest 6/21 of test)
@@ -87,25 +87,30 @@ def test_slurp_learns_scenarios(mini_corpora, tiny_encoder, tmp_path):
 
 
 def test_iemocap_learns_emotions_over_folds(mini_corpora, tiny_encoder, iemocap_manifests,
-                                            tmp_path):  # fmt: skip
+                                            tmp_path):
     out = tmp_path / "iemocap"
     summary = run_recipe("iemocap", "mini.yaml", out, folds="[1, 4]",
                          data_folder=mini_corpora / "IEMOCAP_full_release",
-                         pretrained_path=tiny_encoder, prep_folder=iemocap_manifests)  # fmt: skip
+                         pretrained_path=tiny_encoder, prep_folder=iemocap_manifests)
     assert summary == json.loads((out / "metrics.json").read_text())
     for fold in (1, 4):
         assert check_outputs(out / f"fold_{fold}")["test"]["emo_accuracy"] > 0.5  # chance 0.25
+        # each fold's experiment folder: the YAML as this fold resolved it, the recipe that ran
+        saved = (out / f"fold_{fold}" / "hyperparams.yaml").read_text()
+        assert re.search(rf"^fold: {fold}\b", saved, re.MULTILINE), saved[:300]
+        recipe = ROOT / "recipes" / "iemocap" / "train.py"
+        assert (out / f"fold_{fold}" / "train.py").read_text() == recipe.read_text()
     accuracies = [summary["folds"][f]["emo_accuracy"] for f in ("1", "4")]
     assert summary["mean"]["emo_accuracy"] == pytest.approx(sum(accuracies) / 2)
     with pytest.raises(ValueError, match=r"subset of 1..5 \(fold_protocol session\)"):
         run_recipe("iemocap", "mini.yaml", out, folds="[6]", fold_protocol="session",
-                   data_folder="unused", pretrained_path=tiny_encoder)  # fmt: skip
+                   data_folder="unused", pretrained_path=tiny_encoder)
 
 
 def test_voxceleb_verification(mini_corpora, tiny_encoder, tmp_path):
     out = tmp_path / "voxceleb"
     metrics = run_recipe("voxceleb", "mini.yaml", out, data_folder=mini_corpora / "voxceleb1",
-                         pretrained_path=tiny_encoder)  # fmt: skip
+                         pretrained_path=tiny_encoder)
     test = check_outputs(out)["test"]
     assert metrics["test"] == test
     assert test["trials"] == len((out / "manifests" / "trials.txt").read_text().splitlines())
@@ -117,7 +122,7 @@ def test_commonvoice_asr_learns_and_decodes(mini_corpora, tiny_encoder, tmp_path
     out = tmp_path / "asr"
     metrics = run_recipe("asr_commonvoice", "mini.yaml", out,
                          data_folder=mini_corpora / "cv-corpus-mini" / "cy",
-                         pretrained_path=tiny_encoder)  # fmt: skip
+                         pretrained_path=tiny_encoder)
     test = check_outputs(out)["test"]
     assert metrics["test"] == test
     assert test["WER"] < 95.0 and test["CER"] < 70.0, test  # greedy decoding: it learns
@@ -129,7 +134,7 @@ def test_commonvoice_asr_learns_and_decodes(mini_corpora, tiny_encoder, tmp_path
 def load_iemocap_hparams(tiny_encoder, manifests, out, **overrides) -> dict:
     overrides = {"data_folder": "unused", "pretrained_path": str(tiny_encoder),
                  "prep_folder": str(manifests), "output_folder": str(out),
-                 "number_of_epochs": 1, **overrides}  # fmt: skip
+                 "number_of_epochs": 1, **overrides}
     with open(ROOT / "hparams" / "iemocap" / "mini.yaml", encoding="utf-8") as fin:
         return load_hyperpyyaml(fin, overrides)
 
@@ -141,20 +146,20 @@ def changed_parameters(encoder: torch.nn.Module, path: Path) -> int:
 
 def test_frozen_mode_freezes_and_fine_tuning_updates(tiny_encoder, iemocap_manifests, tmp_path):
     frozen = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "frozen")
-    run_classification(frozen, {"device": "cpu"})
+    run_fold(frozen, {"device": "cpu"})
     encoder = frozen["pretrained"]
     assert changed_parameters(encoder, tiny_encoder) == 0
     assert all(not p.requires_grad and p.grad is None for p in encoder.parameters())
     assert not torch.equal(frozen["weighted_sum"].logits, torch.zeros(3))  # the head learned
 
     paused = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "paused",
-                                  freeze_encoder=False, freeze_encoder_steps=10_000)  # fmt: skip
-    run_classification(paused, {"device": "cpu"})
+                                  freeze_encoder=False, freeze_encoder_steps=10_000)
+    run_fold(paused, {"device": "cpu"})
     assert changed_parameters(paused["pretrained"], tiny_encoder) == 0
 
     tuned = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "tuned",
-                                 freeze_encoder=False, encoder_lr=0.001)  # fmt: skip
-    metrics = run_classification(tuned, {"device": "cpu"})
+                                 freeze_encoder=False, encoder_lr=0.001)
+    metrics = run_fold(tuned, {"device": "cpu"})
     assert not metrics["frozen_encoder"]
     assert changed_parameters(tuned["pretrained"], tiny_encoder) > 0
 
@@ -162,7 +167,7 @@ def test_frozen_mode_freezes_and_fine_tuning_updates(tiny_encoder, iemocap_manif
 def test_cached_features_train_the_same_head(tiny_encoder, iemocap_manifests, tmp_path):
     hparams = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "cached",
                                    cache_features=True, feat_augment=None, number_of_epochs=3)
-    metrics = run_classification(hparams, {"device": "cpu"})
+    metrics = run_fold(hparams, {"device": "cpu"})
     cached = list((tmp_path / "cached" / "feature_cache").glob("*/*.pt"))
     assert len(cached) == sum(
         len((iemocap_manifests / "speaker" / "fold_1" / f"{s}.csv").read_text().splitlines()) - 1
@@ -173,16 +178,16 @@ def test_cached_features_train_the_same_head(tiny_encoder, iemocap_manifests, tm
 
 def test_cache_refuses_waveform_augmentation(tiny_encoder, iemocap_manifests, tmp_path):
     hparams = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path,
-                                   cache_features=True)  # fmt: skip
+                                   cache_features=True)
     hparams["wav_augment"] = torch.nn.Identity()  # stands for speed perturbation
     with pytest.raises(ValueError, match="wav_augment: null with cache_features"):
-        run_classification(hparams, {"device": "cpu"})
+        run_fold(hparams, {"device": "cpu"})
 
 
 def test_wrong_architecture_and_missing_encoder(tiny_encoder, iemocap_manifests, tmp_path):
     with pytest.raises(ValueError, match="key 'd_model': expected 64, found 32"):
         load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path,
-                             expected_arch={"d_model": 64})  # fmt: skip
+                             expected_arch={"d_model": 64})
     with pytest.raises(FileNotFoundError, match="no_model.pt"):
         load_iemocap_hparams(tmp_path / "no_model.pt", iemocap_manifests, tmp_path)
 
@@ -196,7 +201,7 @@ def test_unseen_label_and_empty_manifest(tiny_encoder, iemocap_manifests, tmp_pa
     test_csv.write_text("\n".join(lines) + "\n")
     hparams = load_iemocap_hparams(tiny_encoder, manifests, tmp_path)
     with pytest.raises(ValueError, match="emo label 'fru' not seen in training"):
-        prepare_datasets(hparams)
+        dataio_prepare(hparams)
     test_csv.write_text(lines[0] + "\n")
     with pytest.raises(ValueError, match="test.csv: expected a manifest with at least one"):
-        prepare_datasets(hparams)
+        dataio_prepare(hparams)

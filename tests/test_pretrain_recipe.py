@@ -15,7 +15,7 @@ import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from summarymixing.audio import AudioReadError
+from data_prep.audio import AudioReadError
 from summarymixing.export import load_pretrained
 from summarymixing.export import main as export_main
 from summarymixing.training import NonFiniteLossError

@@ -8,7 +8,7 @@ reported ``WER``/``CER``. With ``beam_size`` set, the test split is also decoded
 search (no language model): ``WER_beam``/``CER_beam``, an extra metric. Both go to
 ``metrics_file``.
 
-Run from the repository root::
+Run, with the project installed (``make venv`` or ``pip install -e .``)::
 
     python recipes/asr_commonvoice/train.py hparams/asr_commonvoice/train.yaml \\
         --data_folder=/data/cv-corpus-15.0-2023-09-08/cy --pretrained_path=/models/w2v2.pt
@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
-
-# Run as a script from anywhere: the repository root holds summarymixing/ and data_prep/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import speechbrain as sb
 import torch
@@ -45,6 +41,7 @@ class ASRBrain(DownstreamBrain):
 
     checkpoint_metric = "WER"
     higher_is_better = False
+    target_keys = ("tokens",)
 
     def __init__(self, *args, tokenizer, **kwargs):
         super().__init__(*args, **kwargs)
@@ -75,7 +72,7 @@ class ASRBrain(DownstreamBrain):
             # References pass through the tokenizer as the hypotheses do (SentencePiece may
             # normalise characters), as the authors score: decoded reference token ids.
             targets = [self.tokenizer.sp.decode_ids(ids).split()
-                       for ids in undo_padding(tokens, token_lens)]  # fmt: skip
+                       for ids in undo_padding(tokens, token_lens)]
             greedy = ctc_greedy_decode(log_probs, lens, blank_id=self.blank_index)
             hyps = [self.tokenizer.sp.decode_ids(ids).split() for ids in greedy]
             self.error_stats["greedy"][0].append(batch.id, hyps, targets)
@@ -97,7 +94,7 @@ class ASRBrain(DownstreamBrain):
                 name: (sb.utils.metric_stats.ErrorRateStats(),
                        sb.utils.metric_stats.ErrorRateStats(split_tokens=True))
                 for name in decodings
-            }  # fmt: skip
+            }
 
     def stage_stats(self, stage: sb.Stage) -> dict:
         """``WER``/``CER`` (greedy, in %: the reported numbers) and, at test time with a beam
@@ -139,7 +136,7 @@ def dataio_prepare(hparams: dict, tokenizer: object) -> dict[str, DynamicItemDat
 def main(argv: list[str] | None = None) -> dict:
     """Prepare CommonVoice, train the tokenizer and the CTC head, decode the test split;
     return the metrics."""
-    hparams, run_opts = load_recipe(argv)
+    hparams, run_opts = load_recipe(__file__, argv)
     run_on_main(
         prepare_commonvoice,
         kwargs={
@@ -164,15 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         checkpointer=hparams["checkpointer"],
         tokenizer=tokenizer,
     )
-    splits = list(datasets.values())
-    sb.dataio.dataset.set_output_keys(splits, ["id", brain.prepare_features(splits), "tokens"])
-    brain.fit_splits(datasets)
-    brain.evaluate(
-        datasets["test"],
-        min_key=brain.checkpoint_metric,
-        test_loader_kwargs=hparams["test_dataloader_opts"],
-    )
-    return brain.test_metrics
+    return brain.fit_and_test(datasets)
 
 
 if __name__ == "__main__":

@@ -26,20 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-# Run as a script from anywhere: the repository root holds summarymixing/ and data_prep/.
-sys.path.insert(0, str(REPOSITORY))
-
 import speechbrain as sb
 import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
 
+from data_prep.files import atomic_write_text
 from data_prep.mini import build_mini_corpora
-from recipes.demo import report
-from summarymixing.files import atomic_write_text
+from summarymixing import comparison
 
 logger = logging.getLogger(__name__)
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 STAGE_MARKER = "demo_stage.json"
 
@@ -186,7 +184,7 @@ def run_demo(hparams: dict, device: str) -> dict:
     benchmark_stem = f"pretrain_{torch.device(device).type}_{hparams['benchmark_size']}"
 
     rows = {
-        attention_type: report.collect(
+        attention_type: comparison.collect(
             attention_type, out / "pretrain" / attention_type,
             {task: out / task / attention_type for task in tasks},
             benchmark_folder / f"{benchmark_stem}.csv", max(hparams["benchmark_seconds"]),
@@ -204,16 +202,16 @@ def write_report(hparams: dict, rows: dict, benchmark_plot: Path) -> None:
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     models, tasks = hparams["attention_types"], list(hparams["downstream"])
-    report.plot_curves(
-        {m: report.read_step_log(out / "pretrain" / m / "train_steps_log.txt") for m in models},
+    comparison.plot_curves(
+        {m: comparison.read_step_log(out / "pretrain" / m / "train_steps_log.txt") for m in models},
         plots / "pretraining_curves.png",
     )
-    report.plot_layer_weights(
-        {t: {m: report.layer_weights(out / t / m) for m in models} for t in tasks},
+    comparison.plot_layer_weights(
+        {t: {m: comparison.layer_weights(out / t / m) for m in models} for t in tasks},
         plots / "layer_weights.png",
     )
     shutil.copyfile(benchmark_plot, plots / "benchmark_pretraining_step.png")
-    table = report.markdown_table(rows)
+    table = comparison.markdown_table(rows)
     longest = max(hparams["benchmark_seconds"])
     text = "\n".join([
         "# SummaryMixing wav2vec 2.0 vs MHSA: the demo in miniature", "",

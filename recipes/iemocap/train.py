@@ -15,7 +15,7 @@ accuracy of each fold and their mean are written to ``summary_file``. Two fold p
 Both are derived from the session manifests of :func:`data_prep.iemocap.prepare_iemocap`
 (written under ``<prep_folder>/session``); the speaker folds go to ``<prep_folder>/speaker``.
 
-Run from the repository root::
+Run, with the project installed (``make venv`` or ``pip install -e .``)::
 
     python recipes/iemocap/train.py hparams/iemocap/train.yaml \\
         --data_folder=/data/IEMOCAP_full_release --pretrained_path=/models/w2v2.pt
@@ -30,20 +30,19 @@ import csv
 import logging
 import sys
 from pathlib import Path
-
-# Run as a script from anywhere: the repository root holds summarymixing/ and data_prep/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from statistics import mean
 
-import speechbrain as sb
 import yaml
-from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from data_prep.common import MARKER, DataPrepError, require_file, run_once, write_csv
 from data_prep.iemocap import FIELDS, SESSIONS, prepare_iemocap
-from summarymixing.downstream.classification import run_classification
+from summarymixing.downstream.classification import ClassificationBrain
+from summarymixing.downstream.data import add_audio_pipeline, add_label_pipelines, load_manifest
 from summarymixing.downstream.reporting import write_metrics
+from summarymixing.recipe import create_experiment_directory, load_hparams, parse_recipe_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -130,19 +129,37 @@ def prepare_folds(hparams: dict) -> None:
         run_on_main(prepare_speaker_folds, args=[str(prep / "session"), str(prep / "speaker")])
 
 
-def load_fold_hparams(hparams_file: str, overrides: str, fold: int) -> dict:
-    """The YAML loaded for one fold (fresh modules, the fold's manifests and folders)."""
-    fold_overrides = {**(yaml.safe_load(overrides) or {}), "fold": fold}
-    with open(hparams_file, encoding="utf-8") as fin:
-        return load_hyperpyyaml(fin, fold_overrides)
+def dataio_prepare(
+    hparams: dict,
+) -> tuple[dict[str, DynamicItemDataset], dict[str, CategoricalEncoder]]:
+    """The fold's ``train``/``valid``/``test`` manifests (``<split>_csv``) with audio and the
+    encoded emotion (``label_keys``), and the label encoder (fitted on the fold's train, saved
+    in its ``save_folder``; a valid/test label unseen in training is a ``ValueError``)."""
+    datasets = {
+        split: load_manifest(hparams[f"{split}_csv"], hparams["sorting"], hparams["max_duration"])
+        for split in ("train", "valid", "test")
+    }
+    add_audio_pipeline(datasets.values(), hparams["sample_rate"])
+    return datasets, add_label_pipelines(datasets, hparams["label_keys"], hparams["save_folder"])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Prepare IEMOCAP, run every fold of ``folds``; return the per-fold and mean metrics."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    sb.utils.distributed.ddp_init_group(run_opts)  # no-op unless launched by torchrun
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+def run_fold(hparams: dict, run_opts: dict) -> dict:
+    """Train a fresh head on one fold (the YAML loaded for it), evaluate its best checkpoint on
+    the fold's test speakers or session; return the metrics written to ``metrics_file``."""
+    datasets, label_encoders = dataio_prepare(hparams)
+    brain = ClassificationBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+        label_encoders=label_encoders,
+    )
+    return brain.fit_and_test(datasets)
+
+
+def check_folds(hparams: dict) -> list[int]:
+    """The ``folds`` to run, checked against ``fold_protocol``."""
     protocol = hparams["fold_protocol"]
     if protocol not in FOLDS:
         raise ValueError(f"expected fold_protocol in {sorted(FOLDS)}, got {protocol!r}")
@@ -153,17 +170,25 @@ def main(argv: list[str] | None = None) -> dict:
             f"expected folds to be a non-empty subset of {allowed.start}..{allowed.stop - 1} "
             f"(fold_protocol {protocol}), got {folds}"
         )
+    return folds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Prepare IEMOCAP, run every fold of ``folds``; return the per-fold and mean metrics.
+
+    Each fold loads the YAML afresh with ``fold`` set (fresh modules, the fold's manifests and
+    folders) and has its own experiment folder, ``fold_folder``."""
+    hparams_file, run_opts, overrides = parse_recipe_arguments(argv)
+    hparams = load_hparams(hparams_file, overrides)
+    folds = check_folds(hparams)
     prepare_folds(hparams)
     per_fold = {}
     for fold in folds:
+        fold_overrides = {**(yaml.safe_load(overrides) or {}), "fold": fold}
         if fold != hparams["fold"]:
-            hparams = load_fold_hparams(hparams_file, overrides, fold)
-        sb.create_experiment_directory(
-            experiment_directory=hparams["fold_folder"],
-            hyperparams_to_save=hparams_file,
-            overrides=overrides,
-        )
-        per_fold[fold] = run_classification(hparams, run_opts)
+            hparams = load_hparams(hparams_file, fold_overrides)
+        create_experiment_directory(__file__, hparams["fold_folder"], hparams_file, fold_overrides)
+        per_fold[fold] = run_fold(hparams, run_opts)
         logger.info("Fold %d: %s", fold, per_fold[fold]["test"])
     summary = {
         "folds": {str(fold): metrics["test"] for fold, metrics in per_fold.items()},

@@ -22,24 +22,20 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
-# Run as a script from anywhere: the repository root holds summarymixing/ and data_prep/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import speechbrain as sb
+import torch
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.sampler import DynamicBatchSampler
+from speechbrain.utils.distributed import if_main_process, run_on_main
 
-import speechbrain as sb  # noqa: E402
-import torch  # noqa: E402
-from speechbrain.dataio.dataset import DynamicItemDataset  # noqa: E402
-from speechbrain.dataio.sampler import DynamicBatchSampler  # noqa: E402
-from speechbrain.utils.distributed import if_main_process, run_on_main  # noqa: E402
-
-from data_prep.librilight import prepare_librilight  # noqa: E402
-from summarymixing.audio import read_audio  # noqa: E402
-from summarymixing.export import save_pretrained  # noqa: E402
-from summarymixing.recipe import load_recipe  # noqa: E402
-from summarymixing.training import RobustBrain  # noqa: E402
-from summarymixing.w2v2.pretrain import (  # noqa: E402
+from data_prep.audio import read_audio
+from data_prep.librilight import prepare_librilight
+from summarymixing.export import save_pretrained
+from summarymixing.recipe import load_recipe
+from summarymixing.training import RobustBrain
+from summarymixing.w2v2.pretrain import (
     mask_collate_fn,
     min_maskable_frames,
     w2v2_objectives,
@@ -202,7 +198,7 @@ def dataio_prepare(hparams: dict) -> tuple:
 
 def main(argv: list[str]) -> W2V2Brain:
     """Prepare the data, pre-train, export the encoder."""
-    hparams, run_opts = load_recipe(argv)
+    hparams, run_opts = load_recipe(__file__, argv)
     run_on_main(
         prepare_librilight,
         kwargs={

@@ -8,7 +8,7 @@ mean pooling over the valid frames and a bias-free linear classifier over the 18
 (``scenario_action``) classifiers (one per column of ``label_keys``, losses summed),
 ``slurp_synth`` training data, augmentation, a bigger head and layer norm.
 
-Run from the repository root::
+Run, with the project installed (``make venv`` or ``pip install -e .``)::
 
     python recipes/slurp/train.py hparams/slurp/train.yaml \\
         --data_folder=/data/slurp --pretrained_path=/models/w2v2_summarymixing.pt
@@ -20,21 +20,36 @@ Outputs in ``output_folder``: ``metrics.json``, ``train_log.txt`` (one line per 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# Run as a script from anywhere: the repository root holds summarymixing/ and data_prep/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
+from speechbrain.dataio.dataset import DynamicItemDataset
+from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.distributed import run_on_main
 
 from data_prep.slurp import prepare_slurp
-from summarymixing.downstream.classification import run_classification
+from summarymixing.downstream.classification import ClassificationBrain
+from summarymixing.downstream.data import add_audio_pipeline, add_label_pipelines, load_manifest
 from summarymixing.recipe import load_recipe
+
+
+def dataio_prepare(
+    hparams: dict,
+) -> tuple[dict[str, DynamicItemDataset], dict[str, CategoricalEncoder]]:
+    """The ``train``/``valid``/``test`` manifests of :func:`data_prep.slurp.prepare_slurp`
+    (``<split>_csv``) with audio and the encoded label columns of ``label_keys`` (scenario;
+    action and full intent with ``train_extended.yaml``), and the label encoders (fitted on
+    train, saved in ``save_folder``; a valid/test label unseen in training is a
+    ``ValueError``)."""
+    datasets = {
+        split: load_manifest(hparams[f"{split}_csv"], hparams["sorting"], hparams["max_duration"])
+        for split in ("train", "valid", "test")
+    }
+    add_audio_pipeline(datasets.values(), hparams["sample_rate"])
+    return datasets, add_label_pipelines(datasets, hparams["label_keys"], hparams["save_folder"])
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Prepare SLURP, train the head, evaluate the best checkpoint; return the test metrics."""
-    hparams, run_opts = load_recipe(argv)
+    hparams, run_opts = load_recipe(__file__, argv)
     run_on_main(
         prepare_slurp,
         kwargs={
@@ -44,7 +59,16 @@ def main(argv: list[str] | None = None) -> dict:
             "skip_prep": hparams["skip_prep"],
         },
     )
-    return run_classification(hparams, run_opts)
+    datasets, label_encoders = dataio_prepare(hparams)
+    brain = ClassificationBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+        label_encoders=label_encoders,
+    )
+    return brain.fit_and_test(datasets)
 
 
 if __name__ == "__main__":

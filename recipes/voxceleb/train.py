@@ -10,7 +10,7 @@ embedded one at a time (no padding) and each trial of the official list is score
 similarity of the two embeddings (no score normalisation); EER and minDCF are written to
 ``metrics_file``.
 
-Run from the repository root::
+Run, with the project installed (``make venv`` or ``pip install -e .``)::
 
     python recipes/voxceleb/train.py hparams/voxceleb/train.yaml \\
         --data_folder=/data/voxceleb1 --pretrained_path=/models/w2v2.pt
@@ -22,9 +22,6 @@ import logging
 import sys
 from pathlib import Path
 
-# Run as a script from anywhere: the repository root holds summarymixing/ and data_prep/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import soundfile as sf
 import speechbrain as sb
 import torch
@@ -33,14 +30,14 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.metric_stats import EER, ClassificationStats, minDCF
 
+from data_prep.audio import AudioReadError, read_audio
 from data_prep.voxceleb import prepare_voxceleb
-from summarymixing.audio import AudioReadError, read_audio
 from summarymixing.downstream.brain import DownstreamBrain
 from summarymixing.downstream.data import (
     add_audio_pipeline,
     add_label_pipeline,
     load_manifest,
-)  # fmt: skip
+)
 from summarymixing.recipe import load_recipe
 
 logger = logging.getLogger(__name__)
@@ -84,7 +81,7 @@ def random_crop(
     >>> random_crop(path, 0, 16000 * 2, 3.0)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    summarymixing.audio.AudioReadError: ...a.wav: expected at least 3.0 s in [0, 32000), got 2.0 s
+    data_prep.audio.AudioReadError: ...a.wav: expected at least 3.0 s in [0, 32000), got 2.0 s
     """
     try:
         rate = sf.info(wav).samplerate
@@ -93,7 +90,7 @@ def random_crop(
     size = round(seconds * rate)
     if stop - start < size:
         raise AudioReadError(f"{wav}: expected at least {seconds} s in [{start}, {stop}), got "
-                             f"{(stop - start) / rate} s")  # fmt: skip
+                             f"{(stop - start) / rate} s")
     offset = start + int(torch.randint(stop - start - size + 1, ()))
     return read_audio(wav, offset, offset + size, sample_rate=sample_rate)
 
@@ -162,7 +159,7 @@ class SpeakerBrain(DownstreamBrain):
             (positives if label == "1" else negatives).append(float(score))
         if not positives or not negatives:
             raise ValueError(f"{trials_file}: expected target and non-target trials, got "
-                             f"{len(positives)} and {len(negatives)}")  # fmt: skip
+                             f"{len(positives)} and {len(negatives)}")
         positives_t, negatives_t = torch.tensor(positives), torch.tensor(negatives)
         eer, _ = EER(positives_t, negatives_t)
         min_dcf, _ = minDCF(positives_t, negatives_t, p_target=self.hparams.min_dcf_p_target)
@@ -196,16 +193,16 @@ def dataio_prepare(hparams: dict) -> tuple[dict[str, DynamicItemDataset], int]:
     speakers = add_label_pipeline(
         "spk_id", datasets["train"], {"valid": datasets["valid"]},
         Path(hparams["save_folder"]) / "spk_id_encoder.txt",
-    )  # fmt: skip
+    )
     return datasets, len(speakers)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Prepare VoxCeleb, train the speaker embedding, score the trials; return the metrics."""
-    hparams, run_opts = load_recipe(argv)
+    hparams, run_opts = load_recipe(__file__, argv)
     if hparams["cache_features"]:
         raise ValueError("expected cache_features: False for VoxCeleb, got True (training reads a "
-                         "new random crop of each utterance every time)")  # fmt: skip
+                         "new random crop of each utterance every time)")
     run_on_main(
         prepare_voxceleb,
         kwargs={

@@ -20,7 +20,7 @@ from typing import TextIO
 
 import torch
 
-from summarymixing.files import atomic_write
+from data_prep.files import atomic_write
 from summarymixing.memory import process_status_kib
 
 logger = logging.getLogger(__name__)

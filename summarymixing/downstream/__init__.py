@@ -8,7 +8,8 @@ Shared by the recipes under ``recipes/{asr_commonvoice,slurp,iemocap,voxceleb}``
 - :mod:`~summarymixing.downstream.cache`: frozen features precomputed to disk;
 - :mod:`~summarymixing.downstream.data`: manifests, audio and label pipelines, loaders;
 - :mod:`~summarymixing.downstream.brain`: the ``sb.Brain`` base class;
-- :mod:`~summarymixing.downstream.classification`: utterance classification (SLURP, IEMOCAP);
+- :mod:`~summarymixing.downstream.classification`: the utterance classification Brain and
+  heads the SLURP and IEMOCAP recipes run;
 - :mod:`~summarymixing.downstream.reporting`: metrics JSON and layer-weights PNG.
 """
 

@@ -43,7 +43,7 @@ from speechbrain.nnet.schedulers import (
     NewBobScheduler,
     StepScheduler,
     update_learning_rate,
-)  # fmt: skip
+)
 from speechbrain.utils.distributed import run_on_main
 
 from summarymixing.downstream.data import loader_options
@@ -97,11 +97,13 @@ class DownstreamBrain(sb.Brain):
     """Shared training logic of the downstream recipes (see the module docstring).
 
     Subclasses set :attr:`checkpoint_metric` (the validation statistic that selects the best
-    checkpoint) and :attr:`higher_is_better`, and implement :meth:`stage_stats`.
+    checkpoint), :attr:`higher_is_better` and :attr:`target_keys` (the dynamic items of the
+    targets, for :meth:`fit_and_test`), and implement :meth:`stage_stats`.
     """
 
     checkpoint_metric = "error_rate"
     higher_is_better = False
+    target_keys: Sequence[str] = ()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -167,7 +169,24 @@ class DownstreamBrain(sb.Brain):
             feats = self.hparams.feat_augment(feats)
         return feats, lens
 
-    # ---------------------------------------------------------------- optimizers
+    # ------------------------------------------------------------------ training
+    def fit_and_test(self, datasets: dict[str, DynamicItemDataset]) -> dict:
+        """Train and validate (:meth:`fit_splits`), then evaluate the best checkpoint (by
+        :attr:`checkpoint_metric`) on ``datasets["test"]``; return the metrics written to
+        ``metrics_file``. Batches carry ``id``, the features (:meth:`prepare_features`) and the
+        subclass's :attr:`target_keys`."""
+        splits = list(datasets.values())
+        keys = ["id", self.prepare_features(splits), *self.target_keys]
+        sb.dataio.dataset.set_output_keys(splits, keys)
+        self.fit_splits(datasets)
+        best = "max_key" if self.higher_is_better else "min_key"
+        self.evaluate(
+            datasets["test"],
+            **{best: self.checkpoint_metric},
+            test_loader_kwargs=self.hparams.test_dataloader_opts,
+        )
+        return self.test_metrics
+
     def fit_splits(self, datasets: dict[str, DynamicItemDataset]) -> None:
         """Train on ``datasets["train"]``, validating on ``datasets["valid"]``, with the YAML's
         loader options (dynamic batching when ``dynamic_batching`` is set)."""
@@ -182,6 +201,7 @@ class DownstreamBrain(sb.Brain):
             valid_loader_kwargs=self.hparams.valid_dataloader_opts,
         )
 
+    # ---------------------------------------------------------------- optimizers
     def init_optimizers(self) -> None:
         """One optimizer for the head (``opt_class``), one for the layer weights when the YAML
         defines ``weights_opt_class`` (else they are the head's), one for a fine-tuned encoder

@@ -5,27 +5,24 @@ attentive pooling, ...) feeds one classifier per label column (``classifier``, s
 ``classifier_size_argument``: ``n_neurons`` for SpeechBrain's ``Linear``, ``out_neurons`` for
 ECAPA's cosine ``Classifier``); the loss is the sum of their negative log-likelihoods, and each
 column's accuracy and error rate are reported.
+
+The recipes (``recipes/slurp/train.py``, ``recipes/iemocap/train.py``) prepare their data
+(``dataio_prepare``) and run :class:`ClassificationBrain` as it is: the label columns come from
+the YAML's ``label_keys``, so a task needs no subclass.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import speechbrain as sb
 import torch
-from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.utils.metric_stats import ClassificationStats
 from torch import nn
 
 from summarymixing.downstream.brain import DownstreamBrain
-from summarymixing.downstream.data import (
-    add_audio_pipeline,
-    add_label_pipeline,
-    load_manifest,
-)  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -90,15 +87,38 @@ def build_classifiers(
 class ClassificationBrain(DownstreamBrain):
     """Multi-column utterance classifier; the first of ``label_keys`` selects checkpoints.
 
-    Modules: ``encoder``, ``weighted_sum``, ``head`` and ``classifiers`` (one per column of
-    ``label_keys``, built by :func:`build_classifiers`). Batches carry ``<key>_encoded``.
+    Modules: ``encoder``, ``weighted_sum``, ``head`` (from the YAML's ``modules``) and
+    ``classifiers``, one per column of ``label_keys``, built here by :func:`build_classifiers`
+    from the YAML's ``classifier`` and the fitted ``label_encoders``. Batches carry
+    ``<key>_encoded``.
+
+    Arguments
+    ---------
+    modules : dict
+        The YAML's modules (``classifiers`` is added).
+    hparams : dict
+        The loaded YAML.
+    label_encoders : mapping
+        Column name -> label encoder fitted on the training set (in ``label_keys`` order).
+    **kwargs
+        The other arguments of ``sb.Brain`` (``opt_class``, ``run_opts``, ``checkpointer``).
     """
 
     higher_is_better = True
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        modules: dict,
+        hparams: dict,
+        label_encoders: Mapping[str, CategoricalEncoder],
+        **kwargs,
+    ):
+        classifiers = build_classifiers(
+            hparams["classifier"], label_encoders, hparams["classifier_size_argument"]
+        )
+        super().__init__(modules={**modules, "classifiers": classifiers}, hparams=hparams, **kwargs)
         self.label_keys = list(self.hparams.label_keys)
+        self.target_keys = [f"{key}_encoded" for key in self.label_keys]
         self.checkpoint_metric = f"{self.label_keys[0]}_accuracy"
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("classifiers", self.modules.classifiers)
@@ -135,53 +155,3 @@ class ClassificationBrain(DownstreamBrain):
             stats[f"{key}_error_rate"] = 1.0 - accuracy
         return stats
 
-
-def prepare_datasets(
-    hparams: dict,
-) -> tuple[dict[str, DynamicItemDataset], dict[str, CategoricalEncoder]]:
-    """The ``train``/``valid``/``test`` datasets (``<split>_csv``) with audio and encoded labels
-    for every column of ``label_keys``, and the label encoders (fitted on train, saved in
-    ``save_folder``; a valid/test label unseen in training is a ``ValueError``)."""
-    datasets = {
-        split: load_manifest(hparams[f"{split}_csv"], hparams["sorting"], hparams["max_duration"])
-        for split in ("train", "valid", "test")
-    }
-    add_audio_pipeline(datasets.values(), hparams["sample_rate"])
-    others = {"valid": datasets["valid"], "test": datasets["test"]}
-    label_encoders = {
-        key: add_label_pipeline(
-            key, datasets["train"], others, Path(hparams["save_folder"]) / f"{key}_encoder.txt"
-        )
-        for key in hparams["label_keys"]
-    }
-    return datasets, label_encoders
-
-
-def run_classification(hparams: dict, run_opts: dict) -> dict:
-    """Train a classification head on prepared manifests, evaluate the best checkpoint on the
-    test split and return the metrics written to ``metrics_file``."""
-    datasets, label_encoders = prepare_datasets(hparams)
-    modules = {
-        **hparams["modules"],
-        "classifiers": build_classifiers(
-            hparams["classifier"], label_encoders, hparams["classifier_size_argument"]
-        ),
-    }
-    brain = ClassificationBrain(
-        modules=modules,
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    splits = list(datasets.values())
-    feature_key = brain.prepare_features(splits)
-    keys = ["id", feature_key, *(f"{key}_encoded" for key in hparams["label_keys"])]
-    sb.dataio.dataset.set_output_keys(splits, keys)
-    brain.fit_splits(datasets)
-    brain.evaluate(
-        datasets["test"],
-        max_key=brain.checkpoint_metric,
-        test_loader_kwargs=hparams["test_dataloader_opts"],
-    )
-    return brain.test_metrics

@@ -7,7 +7,7 @@ Manifests are the CSV files of ``data_prep/`` (first column ``ID``, ``duration``
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import speechbrain as sb
@@ -16,7 +16,7 @@ from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.dataio.sampler import DynamicBatchSampler
 
-from summarymixing.audio import read_audio
+from data_prep.audio import read_audio
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,32 @@ def add_label_pipeline(
                         f"in training (known: {', '.join(sorted(known))})"
                     )
     return encoder
+
+
+def add_label_pipelines(
+    datasets: Mapping[str, DynamicItemDataset], keys: Sequence[str], save_folder: str | Path
+) -> dict[str, CategoricalEncoder]:
+    """:func:`add_label_pipeline` for each label column of ``keys``: the encoders are fitted on
+    ``datasets["train"]`` and saved as ``<save_folder>/<key>_encoder.txt``; every other split's
+    labels must have been seen in training.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> splits = {"train": DynamicItemDataset({"a": {"emo": "neu"}, "b": {"emo": "sad"}}),
+    ...           "test": DynamicItemDataset({"c": {"emo": "sad"}})}
+    >>> encoders = add_label_pipelines(splits, ["emo"], tempfile.mkdtemp())
+    >>> with splits["test"].output_keys_as(["emo_encoded"]):
+    ...     len(encoders["emo"]), splits["test"][0]["emo_encoded"].tolist()
+    (2, [1])
+    """
+    others = {name: dataset for name, dataset in datasets.items() if name != "train"}
+    return {
+        key: add_label_pipeline(
+            key, datasets["train"], others, Path(save_folder) / f"{key}_encoder.txt"
+        )
+        for key in keys
+    }
 
 
 def loader_options(

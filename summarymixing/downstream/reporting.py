@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from summarymixing.files import atomic_write_text  # noqa: E402
+from data_prep.files import atomic_write_text  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Tests for summarymixing.audio.read_audio."""
+"""Tests for data_prep.audio.read_audio."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from summarymixing.audio import AudioReadError, read_audio
+from data_prep.audio import AudioReadError, read_audio
 
 
 def _ramp(n: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Audio loading shared by every recipe's data pipeline.
+"""Audio loading shared by the data preparation and every recipe's data pipeline.
 
 All reading goes through :mod:`soundfile` (libsndfile reads FLAC, WAV and MP3); ``torchaudio.load``
 is not used because torchaudio 2.9 delegates it to torchcodec, which this project does not install.
@@ -29,8 +29,8 @@ def read_audio(
     averaged to mono, and the result is resampled to ``sample_rate`` when the file's own rate
     differs.
 
-    Parameters
-    ----------
+    Arguments
+    ---------
     path : str
         Audio file (FLAC, WAV, MP3, ... anything libsndfile reads).
     start : int

@@ -1,5 +1,5 @@
-"""The demo's report: read what each stage wrote, tabulate SummaryMixing against MHSA in the
-layout of the paper's table, and draw the plots.
+"""SummaryMixing against MHSA in the layout of the paper's table: the report of ``make demo``
+(``recipes/demo/run.py``) reads what each stage wrote, tabulates it and draws the plots.
 
 Every number in the report is read from a stage's own output: the pre-training step log
 (``train_steps_log.txt``), the exported encoder, the benchmark CSV and each downstream run's
