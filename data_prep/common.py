@@ -40,6 +40,18 @@ class DataPrepError(ValueError):
 def where(path: str | os.PathLike, line: int | None = None) -> str:
     """Format a ``file:line`` location for error messages.
 
+    Arguments
+    ---------
+    path : str or PathLike
+        The file.
+    line : int, optional
+        Its 1-based line number, if known.
+
+    Returns
+    -------
+    str
+        ``path:line``, or ``path`` alone.
+
     Example
     -------
     >>> where("train.tsv", 3)
@@ -52,6 +64,23 @@ def where(path: str | os.PathLike, line: int | None = None) -> str:
 
 def require_dir(path: str | os.PathLike, what: str) -> Path:
     """Return ``path`` as a ``Path``, raising :class:`DataPrepError` when it is not a folder.
+
+    Arguments
+    ---------
+    path : str or PathLike
+        The folder that must exist.
+    what : str
+        What the folder is, for the error message.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    DataPrepError
+        Naming ``path`` and ``what`` when the folder does not exist.
 
     Example
     -------
@@ -69,6 +98,23 @@ def require_dir(path: str | os.PathLike, what: str) -> Path:
 def require_file(path: str | os.PathLike, what: str) -> Path:
     """Return ``path`` as a ``Path``, raising :class:`DataPrepError` when it is not a file.
 
+    Arguments
+    ---------
+    path : str or PathLike
+        The file that must exist.
+    what : str
+        What the file is, for the error message.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    DataPrepError
+        Naming ``path`` and ``what`` when the file does not exist.
+
     Example
     -------
     >>> require_file("/no/such/file.tsv", "CommonVoice split")
@@ -84,6 +130,11 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
 
 def utf8_lines(path: str | os.PathLike) -> Iterator[str]:
     """Yield the lines (with their line ends) of a UTF-8 text file.
+
+    Arguments
+    ---------
+    path : str or PathLike
+        The text file.
 
     Raises
     ------
@@ -111,7 +162,19 @@ def utf8_lines(path: str | os.PathLike) -> Iterator[str]:
 def write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[Mapping]) -> int:
     """Atomically write a SpeechBrain-style CSV manifest (first column ``ID``).
 
-    Returns the number of rows written.
+    Arguments
+    ---------
+    path : str or PathLike
+        The CSV file to write.
+    fields : Sequence[str]
+        Column names, in order (``ID`` first).
+    rows : Iterable[Mapping]
+        One mapping per row, keyed by ``fields`` (another key is a ``ValueError``).
+
+    Returns
+    -------
+    int
+        The number of rows written.
 
     Example
     -------
@@ -136,6 +199,13 @@ def write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[Map
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write a text file.
+
+    Arguments
+    ---------
+    path : str or PathLike
+        The file to write.
+    text : str
+        Its whole content (UTF-8).
 
     Example
     -------
@@ -268,6 +338,18 @@ def holdout(keys: Sequence[str], fraction: float) -> set[str]:
 
     At least one key is held out when ``fraction > 0`` and there are two or more keys, and never
     all of them.
+
+    Arguments
+    ---------
+    keys : Sequence[str]
+        Keys to pick from (duplicates count once).
+    fraction : float
+        Fraction to hold out, in ``[0, 1)``.
+
+    Returns
+    -------
+    set of str
+        The keys held out.
 
     Example
     -------

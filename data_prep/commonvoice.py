@@ -64,6 +64,16 @@ def normalize_welsh(text: str) -> str:
     kept; apostrophes are kept only inside words (``i'r``, ``mae'n``); every other character
     becomes a space, and runs of spaces collapse.
 
+    Arguments
+    ---------
+    text : str
+        A CommonVoice ``sentence``.
+
+    Returns
+    -------
+    str
+        The normalised transcript.
+
     Example
     -------
     >>> normalize_welsh('Dywedodd hi, "Croeso i Gymru!"')
@@ -130,6 +140,16 @@ def _convert_all(jobs: list[tuple[str, str]], num_workers: int | None) -> list[i
 def collapse_spaces(text: str) -> str:
     """A transcript as CommonVoice writes it (case, punctuation kept), runs of spaces collapsed
     and the ends stripped: the text of the authors' MP3S preparation for Welsh.
+
+    Arguments
+    ---------
+    text : str
+        A CommonVoice ``sentence``.
+
+    Returns
+    -------
+    str
+        The transcript with single spaces and no leading or trailing space.
 
     Example
     -------
@@ -247,7 +267,13 @@ def prepare_commonvoice(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m data_prep.commonvoice DATA_FOLDER SAVE_FOLDER [options]``."""
+    """Command line: ``python -m data_prep.commonvoice DATA_FOLDER SAVE_FOLDER [options]``.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        The command-line arguments (default: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(description="Prepare CommonVoice ASR manifests.")
     parser.add_argument("data_folder", help="language folder, e.g. cv-corpus-.../cy")
     parser.add_argument("save_folder")

@@ -19,6 +19,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[TextIO], object]) -> 
     """Call ``write(handle)`` on a temporary sibling of ``path`` (UTF-8 text, no newline
     translation), then put it in place of ``path``; on error the temporary file is removed.
 
+    Arguments
+    ---------
+    path : str or PathLike
+        The file to write (its folder is created if needed).
+    write : Callable[[TextIO], object]
+        Writes the whole content to the handle it is given.
+
     Example
     -------
     >>> import tempfile
@@ -43,6 +50,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[TextIO], object]) -> 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically.
+
+    Arguments
+    ---------
+    path : str or PathLike
+        The file to write.
+    text : str
+        Its whole content (UTF-8).
 
     Example
     -------

@@ -47,6 +47,16 @@ def parse_emo_evaluation(path: str | Path) -> list[tuple[int, str, str]]:
     Lines starting with ``[`` must be summary lines; anything else (header, annotator lines,
     blank lines) is skipped.
 
+    Arguments
+    ---------
+    path : str or Path
+        An ``EmoEvaluation/<dialog>.txt`` file.
+
+    Returns
+    -------
+    list of (int, str, str)
+        ``(line_no, utt_id, emotion_code)`` per summary line, in file order.
+
     Raises
     ------
     DataPrepError
@@ -91,14 +101,15 @@ def _session_rows(data_folder: Path, session: int, num_workers: int | None) -> l
                 raise DataPrepError(f"{where(txt, line_no)}: audio {wav} not found")
             speaker = utt[:5] + utt.rsplit("_", 1)[1][0]  # Ses01 + F/M of the speaking actor
             rows.append({"ID": utt, "wav": str(wav.resolve()), "spk_id": speaker,
-                         "emo": EMOTION_MAP[code]})  # fmt: skip
+                         "emo": EMOTION_MAP[code]})
     if not rows:
         raise DataPrepError(f"{emo_dir}: no 4-class utterances found")
     infos = audio_frames([r["wav"] for r in rows], f"IEMOCAP Session{session}", num_workers)
     for row, (frames, rate) in zip(rows, infos, strict=True):
         row["duration"] = frames / rate
-    logger.info("Session%d: %d utterances kept, %d of other classes dropped",
-                session, len(rows), dropped)  # fmt: skip
+    logger.info(
+        "Session%d: %d utterances kept, %d of other classes dropped", session, len(rows), dropped
+    )
     return rows
 
 
@@ -111,8 +122,8 @@ def prepare_iemocap(
 ) -> None:
     """Write ``fold_<k>/{train,valid,test}.csv`` for k = 1..5 (test session = k).
 
-    Parameters
-    ----------
+    Arguments
+    ---------
     data_folder : str
         ``IEMOCAP_full_release`` (holding ``Session1`` ... ``Session5``).
     save_folder : str
@@ -157,16 +168,22 @@ def prepare_iemocap(
             for emo in sorted(set(EMOTION_MAP.values())):
                 held |= holdout([r["ID"] for r in train if r["emo"] == emo], valid_fraction)
             write_csv(out / f"fold_{k}" / "train.csv", FIELDS,
-                      [r for r in train if r["ID"] not in held])  # fmt: skip
+                      [r for r in train if r["ID"] not in held])
             write_csv(out / f"fold_{k}" / "valid.csv", FIELDS,
-                      [r for r in train if r["ID"] in held])  # fmt: skip
+                      [r for r in train if r["ID"] in held])
             write_csv(out / f"fold_{k}" / "test.csv", FIELDS, sessions[k])
 
     run_once(save_folder, options, outputs, build)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m data_prep.iemocap DATA_FOLDER SAVE_FOLDER [options]``."""
+    """Command line: ``python -m data_prep.iemocap DATA_FOLDER SAVE_FOLDER [options]``.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        The command-line arguments (default: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(description="Prepare IEMOCAP 5-fold emotion manifests.")
     parser.add_argument("data_folder", help="IEMOCAP_full_release folder")
     parser.add_argument("save_folder")
@@ -175,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prepare_iemocap(args.data_folder, args.save_folder, args.valid_fraction,
-                    num_workers=args.num_workers)  # fmt: skip
+                    num_workers=args.num_workers)
 
 
 if __name__ == "__main__":

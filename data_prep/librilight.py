@@ -46,8 +46,8 @@ def vad_segments(
 ) -> list[tuple[int, int]]:
     """Pack consecutive voice-activity spans (in samples) into ``[start, stop)`` segments.
 
-    Parameters
-    ----------
+    Arguments
+    ---------
     spans : list of (int, int)
         Sorted speech spans, in samples.
     min_len, max_len : int
@@ -122,7 +122,7 @@ def _librispeech_rows(folder: Path, num_workers: int | None) -> list[dict]:
     infos = audio_frames([u[1] for u in utts], "LibriSpeech", num_workers)
     return [
         {"ID": utt, "duration": frames / rate, "wav": str(flac), "start": 0, "stop": frames,
-         "spk_id": utt.split("-")[0], "wrd": words}  # fmt: skip
+         "spk_id": utt.split("-")[0], "wrd": words}
         for (utt, flac, words), (frames, rate) in zip(utts, infos, strict=True)
     ]
 
@@ -151,7 +151,7 @@ def _segment_rows(
             rows.append({
                 "ID": f"{'-'.join(rel.parts)}-{k}", "duration": (stop - start) / rate,
                 "wav": str(flac.resolve()), "start": start, "stop": stop, "spk_id": rel.parts[0],
-            })  # fmt: skip
+            })
     kept_hours = sum(row["duration"] for row in rows) / 3600
     logger.info(
         "LibriLight: %d segments kept (%.2f h), %d outside [%s, %s] s dropped (%.2f h)",
@@ -175,8 +175,8 @@ def prepare_librilight(
 ) -> None:
     """Write ``train.csv`` and ``valid.csv`` for wav2vec 2.0 pre-training on LibriLight.
 
-    Parameters
-    ----------
+    Arguments
+    ---------
     data_folder : str
         LibriLight root holding the split folders (or, with ``split=None``, a split folder itself,
         e.g. ``cut_by_vad.py`` output).
@@ -212,15 +212,16 @@ def prepare_librilight(
     if skip_prep:
         return
     if min_duration <= 0 or max_duration < min_duration:
-        raise ValueError(f"expected 0 < min_duration <= max_duration, got {min_duration}, "
-                         f"{max_duration}")  # fmt: skip
+        raise ValueError(
+            f"expected 0 < min_duration <= max_duration, got {min_duration}, {max_duration}"
+        )
     split_dir = require_dir(Path(data_folder) / split if split else data_folder, "LibriLight split")
     valid_dir = Path(valid_folder).resolve() if valid_folder is not None else None
     options = {
         "data_folder": str(split_dir.resolve()), "valid_folder": valid_dir,
         "min_duration": min_duration, "max_duration": max_duration,
         "valid_fraction": valid_fraction,
-    }  # fmt: skip
+    }
 
     def build(out: Path) -> None:
         rows = _segment_rows(split_dir, min_duration, max_duration, num_workers)
@@ -237,7 +238,13 @@ def prepare_librilight(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m data_prep.librilight DATA_FOLDER SAVE_FOLDER [options]``."""
+    """Command line: ``python -m data_prep.librilight DATA_FOLDER SAVE_FOLDER [options]``.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        The command-line arguments (default: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(description="Prepare LibriLight pre-training manifests.")
     parser.add_argument("data_folder")
     parser.add_argument("save_folder")
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare_librilight(
         args.data_folder, args.save_folder, args.split or None, args.valid_folder,
         args.min_duration, args.max_duration, args.valid_fraction, num_workers=args.num_workers,
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

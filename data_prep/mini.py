@@ -73,7 +73,20 @@ def _silence(rng: random.Random, low: float, high: float) -> np.ndarray:
 
 
 def build_librilight(out: Path, rng: random.Random) -> dict:
-    """LibriLight ``small`` split: long files with per-file JSON (``voice_activity`` in seconds)."""
+    """LibriLight ``small`` split: long files with per-file JSON (``voice_activity`` in seconds).
+
+    Arguments
+    ---------
+    out : Path
+        Folder in which the corpus folder is created.
+    rng : random.Random
+        Source of every random choice: the same state gives the same corpus.
+
+    Returns
+    -------
+    dict
+        This corpus' part of ``ground_truth.json`` (what was generated, per file or utterance).
+    """
     truth = {}
     for s in range(6):
         spk, book = str(100 + 37 * s), f"book{s}"
@@ -103,6 +116,18 @@ def build_librilight(out: Path, rng: random.Random) -> dict:
 
 def build_librispeech(out: Path, rng: random.Random) -> dict:
     """LibriSpeech ``dev-clean``: flac utterances and one ``.trans.txt`` per chapter.
+
+    Arguments
+    ---------
+    out : Path
+        Folder in which the corpus folder is created.
+    rng : random.Random
+        Source of every random choice: the same state gives the same corpus.
+
+    Returns
+    -------
+    dict
+        This corpus' part of ``ground_truth.json`` (what was generated, per file or utterance).
 
     Example
     -------
@@ -137,7 +162,20 @@ CV_HEADER = (
 
 
 def build_commonvoice(out: Path, rng: random.Random) -> dict:
-    """CommonVoice Welsh: 48 kHz mp3 clips (a few at 32 kHz) and the release's TSV files."""
+    """CommonVoice Welsh: 48 kHz mp3 clips (a few at 32 kHz) and the release's TSV files.
+
+    Arguments
+    ---------
+    out : Path
+        Folder in which the corpus folder is created.
+    rng : random.Random
+        Source of every random choice: the same state gives the same corpus.
+
+    Returns
+    -------
+    dict
+        This corpus' part of ``ground_truth.json`` (what was generated, per file or utterance).
+    """
     root = out / "cv-corpus-mini" / "cy"
     clients = [f"{rng.getrandbits(128):032x}" for _ in range(6)]
     voices = [Voice(f"cy+{v}", pitch=35 + 7 * i) for i, v in enumerate(EN_VARIANTS[:6])]
@@ -158,7 +196,7 @@ def build_commonvoice(out: Path, rng: random.Random) -> dict:
         fields = [clients[c], clip, sid, text, "", *votes, "", "", "", "", "cy", ""]
         rows[split].append("\t".join(fields) + "\n")
         truth[clip] = {"split": split, "sentence": text, "client_id": clients[c],
-                       "sample_rate": rate, "seconds": len(wav) / rate}  # fmt: skip
+                       "sample_rate": rate, "seconds": len(wav) / rate}
     header = "\t".join(CV_HEADER) + "\n"
     for split, lines in rows.items():
         (root / f"{split}.tsv").write_text(header + "".join(lines), encoding="utf-8")
@@ -189,11 +227,24 @@ def _slurp_record(slurp_id: int, text: str, intent: str, files: list[str]) -> di
         "slurp_id": slurp_id, "sentence": text, "sentence_annotation": text, "intent": intent,
         "action": action, "scenario": scenario, "tokens": tokens, "entities": [],
         "recordings": recordings,
-    }  # fmt: skip
+    }
 
 
 def build_slurp(out: Path, rng: random.Random) -> dict:
-    """SLURP: jsonl per split; every other utterance has a headset and a far-field recording."""
+    """SLURP: jsonl per split; every other utterance has a headset and a far-field recording.
+
+    Arguments
+    ---------
+    out : Path
+        Folder in which the corpus folder is created.
+    rng : random.Random
+        Source of every random choice: the same state gives the same corpus.
+
+    Returns
+    -------
+    dict
+        This corpus' part of ``ground_truth.json`` (what was generated, per file or utterance).
+    """
     root, noise = out / "slurp", np.random.default_rng(rng.getrandbits(32))
     voices = [Voice(f"en+{v}", pitch=40 + 6 * i) for i, v in enumerate(EN_VARIANTS[:6])]
     lines, truth, stamp = {"train": [], "devel": [], "test": []}, {}, 1434542201
@@ -231,7 +282,7 @@ def build_slurp(out: Path, rng: random.Random) -> dict:
 def _emo_block(start: float, end: float, utt: str, code: str, rng: random.Random) -> str:
     vad = ", ".join(f"{rng.choice([1.5, 2.0, 2.5, 3.0, 3.5]):.4f}" for _ in range(3))
     word = {"neu": "Neutral", "hap": "Happiness", "exc": "Excited", "ang": "Anger",
-            "sad": "Sadness", "fru": "Frustration", "xxx": "Other"}[code]  # fmt: skip
+            "sad": "Sadness", "fru": "Frustration", "xxx": "Other"}[code]
     return (
         f"[{start:.4f} - {end:.4f}]\t{utt}\t{code}\t[{vad}]\n"
         f"C-E1:\t{word};\t()\nC-E2:\t{word};\t()\nC-F1:\tNeutral state;\t()\n"
@@ -240,7 +291,20 @@ def _emo_block(start: float, end: float, utt: str, code: str, rng: random.Random
 
 
 def build_iemocap(out: Path, rng: random.Random) -> dict:
-    """IEMOCAP: 5 sessions x 2 speakers; EmoEvaluation files with summary and annotator lines."""
+    """IEMOCAP: 5 sessions x 2 speakers; EmoEvaluation files with summary and annotator lines.
+
+    Arguments
+    ---------
+    out : Path
+        Folder in which the corpus folder is created.
+    rng : random.Random
+        Source of every random choice: the same state gives the same corpus.
+
+    Returns
+    -------
+    dict
+        This corpus' part of ``ground_truth.json`` (what was generated, per file or utterance).
+    """
     root, truth = out / "IEMOCAP_full_release", {}
     codes = ["neu"] * 10 + ["hap", "exc"] * 5 + ["ang"] * 10 + ["sad"] * 10 + ["fru", "xxx"] * 2
     for n in range(1, 6):
@@ -257,13 +321,13 @@ def build_iemocap(out: Path, rng: random.Random) -> dict:
                 counts[gender] += 1
                 rate, pitch, width, volume = EMOTIONS[code]
                 variant = EN_VARIANTS[(2 * n + (gender == "F")) % 12]
-                voice = Voice(f"en+{variant}", rate, pitch + (8 if gender == "F" else -8), width,
-                              volume)  # fmt: skip
+                pitch_shift = 8 if gender == "F" else -8
+                voice = Voice(f"en+{variant}", rate, pitch + pitch_shift, width, volume)
                 frames = _save(wav_dir / f"{utt}.wav", voice.say(rng.choice(EMOTION_PHRASES)))
                 blocks.append(_emo_block(clock, clock + frames / SR, utt, code, rng))
                 clock += frames / SR + rng.uniform(0.5, 2.0)
                 truth[utt] = {"session": n, "code": code, "spk": f"Ses0{n}{gender}",
-                              "frames": frames}  # fmt: skip
+                              "frames": frames}
             (wav_dir / f"._{dialog}_F000.wav").write_bytes(b"\x00\x05\x16\x07Mac OS X junk")
             emo_dir = session / "dialog" / "EmoEvaluation"
             emo_dir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +341,20 @@ def build_iemocap(out: Path, rng: random.Random) -> dict:
 
 
 def build_voxceleb(out: Path, rng: random.Random) -> dict:
-    """VoxCeleb1: ``wav/<id>/<video>/<n>.wav``, ``veri_test2.txt`` and ``vox1_meta.csv``."""
+    """VoxCeleb1: ``wav/<id>/<video>/<n>.wav``, ``veri_test2.txt`` and ``vox1_meta.csv``.
+
+    Arguments
+    ---------
+    out : Path
+        Folder in which the corpus folder is created.
+    rng : random.Random
+        Source of every random choice: the same state gives the same corpus.
+
+    Returns
+    -------
+    dict
+        This corpus' part of ``ground_truth.json`` (what was generated, per file or utterance).
+    """
     root, truth = out / "voxceleb1", {}
     meta = ["VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"]
     speakers = [(f"id{10001 + i}", "dev") for i in range(8)]
@@ -336,6 +413,19 @@ def build_mini_corpora(out: Path, seed: int = 0) -> dict[str, Path]:
     each corpus is synthesised in a fresh spawned process: the same seed gives the same bytes,
     and the corpora build in parallel (about 10 s on 2 cores, 28 MB).
 
+    Arguments
+    ---------
+    out : Path
+        Folder to create the corpora in.
+    seed : int
+        Random seed: the same seed gives the same bytes.
+
+    Returns
+    -------
+    dict[str, Path]
+        The root folder of each corpus (``commonvoice``, ``iemocap``, ``librilight``,
+        ``librispeech``, ``slurp``, ``voxceleb``).
+
     Example
     -------
     >>> import tempfile
@@ -358,7 +448,13 @@ def build_mini_corpora(out: Path, seed: int = 0) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: ``python -m data_prep.mini --out DIR [--seed N]``."""
+    """Command-line entry point: ``python -m data_prep.mini --out DIR [--seed N]``.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        The command-line arguments (default: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to create the corpora in")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")

@@ -47,15 +47,16 @@ def _jsonl_rows(path: Path, audio_dir: Path) -> list[dict]:
                 action = record.get("action") or intent.split("_", 1)[1]
                 files = [rec["file"] for rec in record["recordings"]]
             except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
-                raise DataPrepError(f"{where(path, line_no)}: malformed SLURP record "
-                                    f"({type(err).__name__}: {err})") from err  # fmt: skip
+                raise DataPrepError(
+                    f"{where(path, line_no)}: malformed SLURP record ({type(err).__name__}: {err})"
+                ) from err
             for name in files:
                 audio = audio_dir / name
                 if not audio.is_file():
                     raise DataPrepError(f"{where(path, line_no)}: recording {audio} not found")
                 rows.append({"ID": Path(name).stem, "wav": str(audio.resolve()),
                              "scenario": scenario, "action": action, "intent": intent,
-                             "transcript": sentence})  # fmt: skip
+                             "transcript": sentence})
     return rows
 
 
@@ -69,8 +70,8 @@ def prepare_slurp(
 ) -> None:
     """Write ``train.csv``, ``valid.csv`` (from ``devel.jsonl``) and ``test.csv`` for SLURP.
 
-    Parameters
-    ----------
+    Arguments
+    ---------
     data_folder : str
         SLURP root holding ``dataset/slurp/*.jsonl``.
     save_folder : str
@@ -106,7 +107,7 @@ def prepare_slurp(
     real = require_dir(audio_root / "slurp_real", "SLURP audio")
     synth = require_dir(audio_root / "slurp_synth", "SLURP audio") if use_synthetic else None
     options = {"text": str(text_dir.resolve()), "audio": str(audio_root.resolve()),
-               "use_synthetic": use_synthetic}  # fmt: skip
+               "use_synthetic": use_synthetic}
 
     def build(out: Path) -> None:
         splits = {
@@ -125,7 +126,13 @@ def prepare_slurp(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m data_prep.slurp DATA_FOLDER SAVE_FOLDER [options]``."""
+    """Command line: ``python -m data_prep.slurp DATA_FOLDER SAVE_FOLDER [options]``.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        The command-line arguments (default: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(description="Prepare SLURP intent manifests.")
     parser.add_argument("data_folder", help="SLURP root holding dataset/slurp/*.jsonl")
     parser.add_argument("save_folder")
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prepare_slurp(args.data_folder, args.save_folder, args.audio_folder, args.use_synthetic,
-                  num_workers=args.num_workers)  # fmt: skip
+                  num_workers=args.num_workers)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ class _Engine:
         lib.espeak_Synth.argtypes = [
             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
             ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-        ]  # fmt: skip
+        ]
         data = espeakng_loader.get_data_path().encode()
         self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
         if self.sample_rate <= 0:
@@ -80,6 +80,20 @@ def fft_resample(wav: np.ndarray, orig: int, new: int) -> np.ndarray:
 
     One FFT per clip: far cheaper than a sinc kernel for the awkward 22050 -> 16000 ratio.
 
+    Arguments
+    ---------
+    wav : np.ndarray
+        ``(S,)`` samples at ``orig`` Hz.
+    orig : int
+        Its sample rate.
+    new : int
+        The sample rate wanted.
+
+    Returns
+    -------
+    np.ndarray
+        ``(round(S * new / orig),)`` float32 samples at ``new`` Hz.
+
     Example
     -------
     >>> fft_resample(np.ones(22050, dtype=np.float32), 22050, 16000).shape
@@ -99,8 +113,8 @@ def fft_resample(wav: np.ndarray, orig: int, new: int) -> np.ndarray:
 class Voice:
     """An eSpeak NG voice with prosody settings: one synthetic speaker (or emotion).
 
-    Parameters
-    ----------
+    Arguments
+    ---------
     name : str
         eSpeak voice, optionally with a variant: ``"en"``, ``"en+f4"``, ``"cy+m2"``.
     rate : int
@@ -130,6 +144,25 @@ class Voice:
 
         With ``trim`` the leading and trailing silence eSpeak adds is cut off, so the whole
         returned signal is speech (used to place exact voice-activity spans).
+
+        Arguments
+        ---------
+        text : str
+            What to say.
+        sample_rate : int
+            Sample rate of the returned signal.
+        trim : bool
+            Cut the leading and trailing silence off.
+
+        Returns
+        -------
+        np.ndarray
+            ``(S,)`` float32 samples.
+
+        Raises
+        ------
+        RuntimeError
+            If eSpeak produced no audio.
         """
         global _engine
         if _engine is None:
@@ -137,7 +170,7 @@ class Voice:
         params = {
             "rate": self.rate, "pitch": self.pitch, "range": self.pitch_range,
             "volume": self.volume,
-        }  # fmt: skip
+        }
         raw = _engine.say(text, self.name, params).astype(np.float32) / 32768.0
         if trim:
             loud = np.flatnonzero(np.abs(raw) > 0.01)

@@ -43,6 +43,18 @@ OUTPUTS = ["train.csv", "valid.csv", "enrol.csv", "test.csv", "trials.txt"]
 def read_trials(path: str | Path, wav_dir: str | Path) -> list[tuple[int, str, str]]:
     """Parse a VoxCeleb trial list (``<label> <enrol path> <test path>`` per line).
 
+    Arguments
+    ---------
+    path : str or Path
+        The trial list.
+    wav_dir : str or Path
+        The ``wav/`` folder its paths are relative to.
+
+    Returns
+    -------
+    list of (int, str, str)
+        ``(label, enrol path, test path)`` per trial, in file order.
+
     Raises
     ------
     DataPrepError
@@ -65,8 +77,9 @@ def read_trials(path: str | Path, wav_dir: str | Path) -> list[tuple[int, str, s
             continue
         parts = line.split()
         if len(parts) != 3 or parts[0] not in ("0", "1"):
-            raise DataPrepError(f"{where(path, line_no)}: expected '<0|1> <enrol> <test>', "
-                                f"got {line!r}")  # fmt: skip
+            raise DataPrepError(
+                f"{where(path, line_no)}: expected '<0|1> <enrol> <test>', got {line!r}"
+            )
         for rel in parts[1:]:
             if not (wav_dir / rel).is_file():
                 raise DataPrepError(f"{where(path, line_no)}: {rel} not found under {wav_dir}")
@@ -81,7 +94,7 @@ def _crop_rows(rel: str, wav: str, frames: int, rate: int, crop_seconds: float) 
     size, stem = round(crop_seconds * rate), rel.removesuffix(".wav")
     return [
         {"ID": f"{stem}_{k}", "duration": frames / rate, "wav": wav, "start": 0, "stop": frames,
-         "spk_id": rel.split("/")[0]}  # fmt: skip
+         "spk_id": rel.split("/")[0]}
         for k in range(frames // size)
     ]
 
@@ -97,8 +110,8 @@ def prepare_voxceleb(
 ) -> None:
     """Write VoxCeleb train/valid chunks, enrol/test files and the trial list.
 
-    Parameters
-    ----------
+    Arguments
+    ---------
     data_folder : str
         VoxCeleb1 root holding ``wav/<speaker>/<video>/<n>.wav``.
     save_folder : str
@@ -136,7 +149,7 @@ def prepare_voxceleb(
     wav_dir = require_dir(folder / "wav", "VoxCeleb wav")
     trial_path = require_file(folder / trial_list, "VoxCeleb trial list")
     options = {"data_folder": str(folder.resolve()), "trial_list": str(trial_path.resolve()),
-               "crop_seconds": crop_seconds, "valid_fraction": valid_fraction}  # fmt: skip
+               "crop_seconds": crop_seconds, "valid_fraction": valid_fraction}
 
     def build(out: Path) -> None:
         trials = read_trials(trial_path, wav_dir)
@@ -151,8 +164,8 @@ def prepare_voxceleb(
         for spk in sorted({rel.split("/")[0] for rel in train}):
             held |= holdout([rel for rel in train if rel.startswith(spk + "/")], valid_fraction)
         every = sorted(set(train) | set(enrol) | set(test))
-        infos = dict(zip(every, audio_frames([wav_dir / rel for rel in every], "VoxCeleb",
-                                             num_workers), strict=True))  # fmt: skip
+        lengths = audio_frames([wav_dir / rel for rel in every], "VoxCeleb", num_workers)
+        infos = dict(zip(every, lengths, strict=True))
         rows = {"train": [], "valid": []}
         short = 0
         for rel in train:
@@ -160,12 +173,12 @@ def prepare_voxceleb(
             short += not crops
             rows["valid" if rel in held else "train"] += crops
         logger.info("VoxCeleb: %d training utterances, %d shorter than %s s dropped",
-                    len(train), short, crop_seconds)  # fmt: skip
+                    len(train), short, crop_seconds)
         for name, rels in (("enrol", enrol), ("test", test)):
             rows[name] = [
                 {"ID": rel, "duration": infos[rel][0] / infos[rel][1],
                  "wav": str((wav_dir / rel).resolve()), "start": 0, "stop": infos[rel][0],
-                 "spk_id": rel.split("/")[0]}  # fmt: skip
+                 "spk_id": rel.split("/")[0]}
                 for rel in rels
             ]
         for name, chunk_rows in rows.items():
@@ -176,7 +189,13 @@ def prepare_voxceleb(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m data_prep.voxceleb DATA_FOLDER SAVE_FOLDER [options]``."""
+    """Command line: ``python -m data_prep.voxceleb DATA_FOLDER SAVE_FOLDER [options]``.
+
+    Arguments
+    ---------
+    argv : list of str, optional
+        The command-line arguments (default: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(description="Prepare VoxCeleb verification manifests.")
     parser.add_argument("data_folder", help="VoxCeleb1 root holding wav/")
     parser.add_argument("save_folder")
@@ -187,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prepare_voxceleb(args.data_folder, args.save_folder, args.trial_list, args.crop_seconds,
-                     args.valid_fraction, num_workers=args.num_workers)  # fmt: skip
+                     args.valid_fraction, num_workers=args.num_workers)
 
 
 if __name__ == "__main__":

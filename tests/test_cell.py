@@ -21,7 +21,7 @@ CONFIGS = {
                       "summary_hid_dim": [32, 16]},
     "SummaryMixing-lite": {"summary_hid_dim": [32, 16]},
     "SummaryMixing-fast": {"local_proj_out_dim": 20},
-}  # fmt: skip
+}
 
 
 def make_cell(mode: str, **kwargs) -> SummaryMixing:
@@ -42,7 +42,7 @@ def swish(v: torch.Tensor) -> torch.Tensor:
 
 def per_head_layer(in_dim: int, out_dim: int, heads: int) -> dict:
     return {"W": torch.randn(heads, in_dim // heads, out_dim // heads) * 0.4,
-            "b": torch.randn(heads, out_dim // heads) * 0.4}  # fmt: skip
+            "b": torch.randn(heads, out_dim // heads) * 0.4}
 
 
 def dense_layer(in_dim: int, out_dim: int) -> dict:
@@ -75,7 +75,7 @@ def authors_parameters(cell: SummaryMixing) -> dict:
     their initial values, so a mapping error cannot hide behind a zero)."""
     torch.manual_seed(3)
     sizes = {"local": [(D_MODEL, 32), (32, 16)],  # CONFIGS' hidden and output sizes
-             "summary": [(D_MODEL, 32), (32, 16), (16, D_MODEL)]}  # fmt: skip
+             "summary": [(D_MODEL, 32), (32, 16), (16, D_MODEL)]}
     params: dict = {}
     if cell.mode == "SummaryMixing-fast":
         params["global"] = dense_layer(D_MODEL, 2 * cell.local_out_dim)
@@ -133,7 +133,7 @@ def authors_cell(params: dict, mode: str, x: torch.Tensor, use_layernorm: bool) 
             local = [layer_norm(v, params["local_norm"]) for v in local]
             summary = layer_norm(summary, params["summary_norm"])
     rows = [swish(apply_layer(params["merge"], torch.cat([local[t], summary])))
-            for t in range(time)]  # fmt: skip
+            for t in range(time)]
     return torch.stack(rows)
 
 
@@ -267,7 +267,7 @@ def see_through_cell(mode: str, summary_dropout: str = "frame") -> SummaryMixing
         sizes["local_proj_hid_dim"] = sizes["summary_hid_dim"] = [32]
     torch.manual_seed(0)
     cell = SummaryMixing(D_MODEL, NHEAD, mode=mode, activation=nn.Identity, dropout=0.5,
-                         summary_dropout=summary_dropout, **sizes)  # fmt: skip
+                         summary_dropout=summary_dropout, **sizes)
     with torch.no_grad():
         cell.combiner.weight.copy_(torch.eye(D_MODEL))
         cell.combiner.bias.zero_()

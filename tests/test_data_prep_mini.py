@@ -28,7 +28,7 @@ def test_cli_build_is_deterministic(mini_corpora, tmp_path, capsys):
     ).read_bytes()
     for rel in ["slurp/dataset/slurp/train.jsonl", "cv-corpus-mini/cy/train.tsv",
                 "IEMOCAP_full_release/Session2/dialog/EmoEvaluation/Ses02F_impro01.txt",
-                "voxceleb1/veri_test2.txt"]:  # fmt: skip
+                "voxceleb1/veri_test2.txt"]:
         assert (tmp_path / rel).read_bytes() == (mini_corpora / rel).read_bytes()
 
 
@@ -45,7 +45,7 @@ def test_sample_rates_and_formats(mini_corpora):
     assert {sf.info(str(c)).format for c in clips} == {"MP3"}
     for pattern in ["librilight/small/*/*/*.flac", "slurp/slurp_real/*.flac",
                     "IEMOCAP_full_release/Session1/sentences/wav/*/Ses*.wav",
-                    "voxceleb1/wav/*/*/*.wav", "LibriSpeech/dev-clean/*/*/*.flac"]:  # fmt: skip
+                    "voxceleb1/wav/*/*/*.wav", "LibriSpeech/dev-clean/*/*/*.flac"]:
         files = list(mini_corpora.glob(pattern))
         assert files and all(sf.info(str(f)).samplerate == SR for f in files), pattern
 

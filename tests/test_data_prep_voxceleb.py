@@ -57,7 +57,7 @@ def test_train_and_valid_list_each_file_once_per_whole_crop(prepared, mini_corpo
             assert float(row["duration"]) == dev[rel]["frames"] / 16000
             assert row["spk_id"] == dev[rel]["spk"]
     utt = {s: {os.path.relpath(r["wav"], wav_dir) for r in split_rows}
-           for s, split_rows in (("train", train), ("valid", valid))}  # fmt: skip
+           for s, split_rows in (("train", train), ("valid", valid))}
     assert not utt["train"] & utt["valid"] and utt["valid"]
     assert {dev[rel]["spk"] for rel in utt["valid"]} <= {dev[rel]["spk"] for rel in utt["train"]}
     assert len({dev[rel]["spk"] for rel in utt["train"]}) == 8

@@ -28,7 +28,7 @@ TINY = {
     "intermediate_size": 64, "conv_dim": (16, 16, 16, 16), "conv_kernel": (10, 8, 4, 4),
     "conv_stride": (5, 4, 4, 2), "num_conv_pos_embeddings": 16,
     "num_conv_pos_embedding_groups": 2,
-}  # fmt: skip  # 160 samples per frame (100 frames/s), receptive field 345 samples
+}  # 160 samples per frame (100 frames/s), receptive field 345 samples
 LENGTHS = (4000, 2500, 1234)  # samples; the shortest is not a whole number of frames
 
 
@@ -180,8 +180,8 @@ def test_dispatch_folder_prefix_and_hub_id(base_folder, tmp_path):
     prefixed = load_pretrained(f"hf:{base_folder}", expected_arch={"d_model": 32, "num_layers": 2,
                                                                    "feat_extract_norm": "group"})
     direct = load_pretrained(base_folder)
-    for ours, theirs in zip(prefixed.state_dict().values(), direct.state_dict().values(),
-                            strict=True):  # fmt: skip
+    pairs = zip(prefixed.state_dict().values(), direct.state_dict().values(), strict=True)
+    for ours, theirs in pairs:
         assert torch.equal(ours, theirs)
 
 

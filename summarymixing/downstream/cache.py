@@ -25,6 +25,16 @@ logger = logging.getLogger(__name__)
 def fingerprint(module: nn.Module) -> str:
     """SHA-1 of a module's parameters and buffers (names, shapes, values).
 
+    Arguments
+    ---------
+    module : nn.Module
+        The module (the frozen encoder).
+
+    Returns
+    -------
+    str
+        The hexadecimal digest.
+
     Example
     -------
     >>> a, b = nn.Linear(2, 2), nn.Linear(2, 2)
@@ -80,14 +90,36 @@ class FeatureCache:
         self.folder: Path | None = None
 
     def path(self, utt_id: str) -> Path:
-        """Cache file of one utterance (IDs may hold ``/``, hence the hash)."""
+        """Cache file of one utterance (IDs may hold ``/``, hence the hash).
+
+        Arguments
+        ---------
+        utt_id : str
+            The utterance's ID.
+
+        Returns
+        -------
+        Path
+            ``<folder>/<sha1 of utt_id>.pt``.
+        """
         if self.folder is None:
             raise RuntimeError("FeatureCache.fill must run before features are read")
         return self.folder / f"{hashlib.sha1(utt_id.encode()).hexdigest()}.pt"
 
     def bind(self, extractor: nn.Module) -> Path:
         """Select the cache sub-folder of ``extractor``'s weights (every process calls this;
-        only the main one fills the cache)."""
+        only the main one fills the cache).
+
+        Arguments
+        ---------
+        extractor : nn.Module
+            The frozen ``HiddenStates`` whose features are cached.
+
+        Returns
+        -------
+        Path
+            The sub-folder, named by the first 16 digits of :func:`fingerprint`.
+        """
         self.folder = self.root / fingerprint(extractor)[:16]
         return self.folder
 
@@ -99,6 +131,20 @@ class FeatureCache:
 
         ``extractor`` maps ``(wavs, wav_lens)`` to ``(B, T, L + 1, D)`` (a frozen
         ``HiddenStates``). Returns the number of utterances encoded.
+
+        Arguments
+        ---------
+        datasets : Sequence[DynamicItemDataset]
+            Datasets providing ``id`` and ``sig``.
+        extractor : nn.Module
+            The frozen ``HiddenStates``.
+        device : torch.device
+            Where to run ``extractor``.
+
+        Returns
+        -------
+        int
+            The number of utterances encoded.
         """
         self.bind(extractor)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -125,7 +171,13 @@ class FeatureCache:
         return encoded
 
     def add_pipeline(self, datasets: Sequence[DynamicItemDataset]) -> None:
-        """Add the dynamic item ``hidden``: the cached ``(T, L + 1, D)`` float32 features."""
+        """Add the dynamic item ``hidden``: the cached ``(T, L + 1, D)`` float32 features.
+
+        Arguments
+        ---------
+        datasets : Sequence[DynamicItemDataset]
+            Datasets whose features :meth:`fill` cached.
+        """
 
         @sb.utils.data_pipeline.takes("id")
         @sb.utils.data_pipeline.provides("hidden")

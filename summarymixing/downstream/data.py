@@ -72,6 +72,15 @@ def add_audio_pipeline(
 
     With ``offsets``, only the ``[start, stop)`` sample slice of each file is read (a manifest
     of segments of longer files, such as VoxCeleb's enrolment and test spans).
+
+    Arguments
+    ---------
+    datasets : Sequence[DynamicItemDataset]
+        Datasets with a ``wav`` column (and ``start``, ``stop`` with ``offsets``).
+    sample_rate : int
+        The rate the audio is resampled to when it differs.
+    offsets : bool
+        Read only the ``[start, stop)`` slice.
     """
     if offsets:
 
@@ -100,6 +109,22 @@ def add_label_pipeline(
 
     Every label of ``others`` (name -> dataset) must have been seen in training: an unseen one
     is a ``ValueError`` naming the split, the utterance and the label.
+
+    Arguments
+    ---------
+    key : str
+        The label column.
+    train : DynamicItemDataset
+        The training set, on which the encoder is fitted.
+    others : dict[str, DynamicItemDataset]
+        The other splits, by name.
+    save_path : str or Path
+        Where the encoder is saved (and loaded from when it exists).
+
+    Returns
+    -------
+    CategoricalEncoder
+        The fitted encoder.
 
     Example
     -------
@@ -140,6 +165,20 @@ def add_label_pipelines(
     ``datasets["train"]`` and saved as ``<save_folder>/<key>_encoder.txt``; every other split's
     labels must have been seen in training.
 
+    Arguments
+    ---------
+    datasets : Mapping[str, DynamicItemDataset]
+        The splits, by name; one of them is ``train``.
+    keys : Sequence[str]
+        The label columns.
+    save_folder : str or Path
+        Where the encoders are saved.
+
+    Returns
+    -------
+    dict[str, CategoricalEncoder]
+        The encoder of each label column.
+
     Example
     -------
     >>> import tempfile
@@ -164,6 +203,21 @@ def loader_options(
 ) -> dict:
     """Data-loader keyword arguments, with a ``DynamicBatchSampler`` when ``dynamic_batching``
     (its keyword arguments, lengths read from ``duration``) is given.
+
+    Arguments
+    ---------
+    dataset : DynamicItemDataset
+        The dataset the loader reads (with a ``duration`` column for dynamic batching).
+    options : dict
+        The YAML's data-loader options.
+    dynamic_batching : dict, optional
+        ``DynamicBatchSampler`` keyword arguments; ``batch_size``, ``shuffle`` and ``drop_last``
+        of ``options`` are then left out (the sampler decides them).
+
+    Returns
+    -------
+    dict
+        The data-loader keyword arguments.
 
     Example
     -------

@@ -122,7 +122,7 @@ class HFWav2Vec2Encoder(Wav2Vec2):
                 "the attention mask follows the architecture (%s)",
                 source, config.feat_extract_norm, self.feature_extractor.return_attention_mask,
                 self.use_attention_mask,
-            )  # fmt: skip
+            )
         if self.per_utterance:
             mode = "one utterance at a time"
         elif self.use_attention_mask:
@@ -134,11 +134,24 @@ class HFWav2Vec2Encoder(Wav2Vec2):
             "do_normalize=%s, %s",
             source, self.num_hidden_states, self.d_model, config.feat_extract_norm,
             self.normalize_wav, mode,
-        )  # fmt: skip
+        )
 
     def sample_lengths(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None) -> torch.Tensor:
         """Absolute lengths ``(B,)`` in samples of relative lengths ``wav_lens`` ``(B,)``
-        (rounded as SpeechBrain's ``make_padding_masks``); each must give one frame or more."""
+        (rounded as SpeechBrain's ``make_padding_masks``); each must give one frame or more.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(B, S)`` padded waveforms.
+        wav_lens : torch.Tensor or None
+            ``(B,)`` relative lengths in ``(0, 1]`` (``None``: all whole).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B,)`` lengths in samples (long).
+        """
         if wavs.dim() != 2 or wavs.shape[0] == 0:
             raise ValueError(
                 f"expected waveforms of shape (batch >= 1, samples), got {tuple(wavs.shape)}"
@@ -160,7 +173,20 @@ class HFWav2Vec2Encoder(Wav2Vec2):
 
     def output_lengths(self, wav_lens: torch.Tensor, num_samples: int) -> torch.Tensor:
         """Frames ``(B,)`` (long) of each utterance of a batch padded to ``num_samples``
-        samples, from relative lengths ``wav_lens`` ``(B,)``: what it gives alone."""
+        samples, from relative lengths ``wav_lens`` ``(B,)``: what it gives alone.
+
+        Arguments
+        ---------
+        wav_lens : torch.Tensor
+            ``(B,)`` relative lengths.
+        num_samples : int
+            The padded length of the batch, in samples.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B,)`` numbers of frames (long).
+        """
         samples = torch.round(wav_lens * num_samples).long()
         return self.model._get_feat_extract_output_lengths(samples)
 
@@ -191,7 +217,20 @@ class HFWav2Vec2Encoder(Wav2Vec2):
         """Stacked hidden states ``(L + 1, B, T, D)`` of waveforms ``wav`` ``(B, S)`` with
         relative lengths ``wav_lens`` ``(B,)``; zero at padded frames. (Called by the
         wrapper's ``forward``, replacing its padded-row normalisation and unconditional
-        attention mask.)"""
+        attention mask.)
+
+        Arguments
+        ---------
+        wav : torch.Tensor
+            ``(B, S)`` padded waveforms.
+        wav_lens : torch.Tensor, optional
+            ``(B,)`` relative lengths (``None``: all whole).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(L + 1, B, T, D)``.
+        """
         lengths = self.sample_lengths(wav, wav_lens)
         if self.normalize_wav:
             wav = self.normalize(wav, lengths)
@@ -217,5 +256,18 @@ class HFWav2Vec2Encoder(Wav2Vec2):
         self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """All hidden states of waveforms ``wavs`` ``(B, S)`` with relative lengths
-        ``wav_lens`` ``(B,)``: a list of ``num_hidden_states`` tensors ``(B, T, D)``."""
+        ``wav_lens`` ``(B,)``: a list of ``num_hidden_states`` tensors ``(B, T, D)``.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(B, S)`` padded waveforms.
+        wav_lens : torch.Tensor, optional
+            ``(B,)`` relative lengths (``None``: all whole).
+
+        Returns
+        -------
+        list of torch.Tensor
+            ``num_hidden_states`` tensors ``(B, T, D)``, the input embeddings first.
+        """
         return list(super().forward(wavs, wav_lens).unbind(0))

@@ -49,7 +49,18 @@ class WeightedLayerSum(nn.Module):
         return self.logits.softmax(dim=0)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Mix ``hidden_states`` ``(B, T, L + 1, D)`` into ``(B, T, D)``."""
+        """Mix ``hidden_states`` ``(B, T, L + 1, D)`` into ``(B, T, D)``.
+
+        Arguments
+        ---------
+        hidden_states : torch.Tensor
+            ``(B, T, L + 1, D)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, T, D)``.
+        """
         if hidden_states.dim() != 4 or hidden_states.shape[2] != self.logits.numel():
             raise ValueError(
                 f"expected hidden states of shape (batch, time, {self.logits.numel()}, D), "
@@ -104,14 +115,31 @@ class HiddenStates(nn.Module):
 
     def set_frozen(self, frozen: bool) -> None:
         """Pause (``True``) or resume (``False``) fine-tuning; an encoder built frozen stays
-        frozen."""
+        frozen.
+
+        Arguments
+        ---------
+        frozen : bool
+            Pause (``True``) or resume (``False``).
+        """
         if self.freeze and not frozen:
             raise ValueError("expected an encoder built with freeze=False to unfreeze, got frozen")
         self.frozen = frozen
         self.encoder.train(self.training and not frozen)
 
     def train(self, mode: bool = True) -> HiddenStates:
-        """Set train mode; a frozen encoder stays in eval mode."""
+        """Set train mode; a frozen encoder stays in eval mode.
+
+        Arguments
+        ---------
+        mode : bool
+            Train (``True``) or eval (``False``) mode.
+
+        Returns
+        -------
+        HiddenStates
+            This module.
+        """
         self.training = mode
         self.encoder.train(mode and not self.frozen)
         return self
@@ -126,6 +154,20 @@ class HiddenStates(nn.Module):
         ``output_lengths``); scaling ``wav_lens`` by ``num_frames`` instead can be off by one
         frame, which then enters the head's pooling and CTC lengths and makes the result depend
         on the batch's padding. Encoders without ``output_lengths`` keep ``wav_lens``.
+
+        Arguments
+        ---------
+        wav_lens : torch.Tensor
+            ``(B,)`` relative lengths of the waveforms.
+        num_samples : int
+            The padded length of the waveforms.
+        num_frames : int
+            The padded length of the hidden states.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B,)`` relative lengths of the hidden states.
         """
         output_lengths = getattr(self.encoder, "output_lengths", None)
         if output_lengths is None:
@@ -135,7 +177,20 @@ class HiddenStates(nn.Module):
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> torch.Tensor:
         """Encode ``wavs`` ``(B, S)`` (relative lengths ``wav_lens`` ``(B,)``) into the stacked
-        hidden states ``(B, T, L + 1, D)``."""
+        hidden states ``(B, T, L + 1, D)``.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``(B, S)`` padded waveforms.
+        wav_lens : torch.Tensor
+            ``(B,)`` relative lengths.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, T, L + 1, D)``.
+        """
         context = torch.no_grad() if self.frozen else contextlib.nullcontext()
         with context:
             hidden = self.encoder(wavs, wav_lens)

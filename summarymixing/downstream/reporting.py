@@ -8,18 +8,27 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from data_prep.files import atomic_write_text  # noqa: E402
+from data_prep.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 
 def write_metrics(path: str | Path, metrics: Mapping) -> Path:
     """Write ``metrics`` as indented JSON (atomically); refuse non-finite numbers.
+
+    Arguments
+    ---------
+    path : str or Path
+        The JSON file to write.
+    metrics : Mapping
+        JSON-serialisable metrics.
+
+    Returns
+    -------
+    Path
+        ``path``.
 
     Example
     -------
@@ -37,6 +46,20 @@ def write_metrics(path: str | Path, metrics: Mapping) -> Path:
 def plot_layer_weights(weights: Sequence[float], path: str | Path, title: str = "") -> Path:
     """Bar chart of the softmax layer weights (index 0 = input embeddings).
 
+    Arguments
+    ---------
+    weights : Sequence[float]
+        The ``L + 1`` layer weights (finite).
+    path : str or Path
+        The PNG file to write.
+    title : str
+        The plot's title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
     Example
     -------
     >>> import tempfile
@@ -49,7 +72,9 @@ def plot_layer_weights(weights: Sequence[float], path: str | Path, title: str = 
         raise ValueError(f"expected a non-empty list of finite layer weights, got {weights}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(weights) + 1.5), 3.0))
+    # A bare Figure (no pyplot): no GUI backend, no global figure registry, nothing to close.
+    fig = Figure(figsize=(max(5.0, 0.45 * len(weights) + 1.5), 3.0))
+    ax = fig.subplots()
     ax.bar(range(len(weights)), weights, color="tab:blue")
     ax.axhline(1.0 / len(weights), color="gray", linestyle="--", linewidth=1, label="uniform")
     ax.set_xticks(range(len(weights)))
@@ -60,5 +85,4 @@ def plot_layer_weights(weights: Sequence[float], path: str | Path, title: str = 
     ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
