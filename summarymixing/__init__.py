@@ -11,7 +11,12 @@ torch.Size([2, 9, 16])
 
 from summarymixing.cell import MODES, SummaryMixing
 from summarymixing.encoders import ConformerEncoder, MixerEncoder, TransformerEncoder
-from summarymixing.mixers import ATTENTION_TYPES, MultiheadSDPA, build_mixer
+from summarymixing.mixers import (
+    ATTENTION_TYPES,
+    MultiheadSDPA,
+    build_mixer,
+    summary_mixing_options,
+)
 
 __all__ = [
     "ATTENTION_TYPES",
@@ -22,4 +27,5 @@ __all__ = [
     "SummaryMixing",
     "TransformerEncoder",
     "build_mixer",
+    "summary_mixing_options",
 ]

@@ -10,6 +10,10 @@ meaning, so switching SummaryMixing and multi-head self-attention is one YAML li
         d_ffn: 3072
         nhead: 8
         attention_type: SummaryMixing   # or regularMHA, RelPosMHAXL, SDPA
+        summary_options:                # used by SummaryMixing only
+            mode: SummaryMixing
+            local_proj_hid_dim: [768]
+            summary_hid_dim: [768]
 
 Encoders take SpeechBrain's call signature ``forward(src, src_mask=None,
 src_key_padding_mask=None, pos_embs=None)`` (``True`` = padding) and, when built with
@@ -18,7 +22,8 @@ src_key_padding_mask=None, pos_embs=None)`` (``True`` = padding) and, when built
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from speechbrain.lobes.models.transformer.Conformer import (
@@ -32,7 +37,8 @@ from speechbrain.nnet.normalization import LayerNorm
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from summarymixing.mixers import ATTENTION_TYPES, build_mixer
+from summarymixing.architecture import RecordsArguments
+from summarymixing.mixers import build_mixer, summary_mixing_options
 
 
 class PaddingSafeConvolutionModule(ConvolutionModule):
@@ -239,12 +245,7 @@ class MixerEncoder(nn.Module):
         return output, attentions
 
 
-def _check_attention_type(attention_type: str) -> None:
-    if attention_type not in ATTENTION_TYPES:
-        raise ValueError(f"expected attention_type in {ATTENTION_TYPES}, got {attention_type!r}")
-
-
-class ConformerEncoder(MixerEncoder):
+class ConformerEncoder(RecordsArguments, MixerEncoder):
     """Conformer encoder (SpeechBrain layers) with a selectable token mixer.
 
     Arguments
@@ -253,23 +254,27 @@ class ConformerEncoder(MixerEncoder):
         As in SpeechBrain's ``ConformerEncoder``.
     attention_type : str
         ``SummaryMixing``, ``regularMHA``, ``RelPosMHAXL`` or ``SDPA``.
-    local_proj_hid_dim, local_proj_out_dim, summary_hid_dim, summary_out_dim, mode,
-    use_layernorm, summary_dropout
-        SummaryMixing options (see ``summarymixing.SummaryMixing``); used only when
-        ``attention_type`` is ``SummaryMixing``. The cell's dropout is ``dropout``.
-    summary_activation : type of nn.Module, optional
-        SummaryMixing's activation; ``None`` (default) gives it the layers' ``activation``
-        (Swish), as in the authors' Conformer.
+    summary_options : mapping, optional
+        SummaryMixing's options (``mode``, ``local_proj_hid_dim``, ``local_proj_out_dim``,
+        ``summary_hid_dim``, ``summary_out_dim``, ``activation``, ``use_layernorm``,
+        ``summary_dropout``; see ``summarymixing.SummaryMixing``), used only when
+        ``attention_type`` is ``SummaryMixing``. The cell's dropout is ``dropout``; its
+        ``activation`` defaults to the layers' (Swish), as in the authors' Conformer.
     layerdrop_prob, output_hidden_states, activation_checkpointing
         See ``MixerEncoder``.
 
     Example
     -------
-    >>> encoder = ConformerEncoder(2, 16, 32, 4, kernel_size=3, output_hidden_states=True)
+    >>> encoder = ConformerEncoder(2, 16, 32, 4, kernel_size=3, output_hidden_states=True,
+    ...                            summary_options={"local_proj_hid_dim": [16]})
     >>> out, _, hidden = encoder(torch.randn(3, 10, 16))
     >>> out.shape, len(hidden)
     (torch.Size([3, 10, 16]), 3)
     """
+
+    TRAINING_OPTIONS = (
+        "dropout", "layerdrop_prob", "activation_checkpointing", "summary_options.summary_dropout"
+    )
 
     def __init__(
         self,
@@ -283,29 +288,18 @@ class ConformerEncoder(MixerEncoder):
         dropout: float = 0.0,
         causal: bool = False,
         attention_type: str = "SummaryMixing",
-        local_proj_hid_dim: Sequence[int] | None = None,
-        local_proj_out_dim: int | None = None,
-        summary_hid_dim: Sequence[int] | None = None,
-        summary_out_dim: int | None = None,
-        mode: str = "SummaryMixing",
-        summary_activation: type[nn.Module] | None = None,
-        use_layernorm: bool = True,
-        summary_dropout: str = "frame",
+        summary_options: Mapping[str, Any] | None = None,
         layerdrop_prob: float = 0.0,
         output_hidden_states: bool = False,
         activation_checkpointing: bool = False,
     ):
-        _check_attention_type(attention_type)
-        cell_activation = activation if summary_activation is None else summary_activation
+        self.init_arguments["summary_options"] = summary_mixing_options(summary_options)
         layers = [
             ConformerLayer(
                 d_model, d_ffn, nhead,
                 build_mixer(
                     attention_type, d_model, nhead, dropout=dropout, causal=causal,
-                    local_proj_hid_dim=local_proj_hid_dim, local_proj_out_dim=local_proj_out_dim,
-                    summary_hid_dim=summary_hid_dim, summary_out_dim=summary_out_dim, mode=mode,
-                    summary_activation=cell_activation,
-                    use_layernorm=use_layernorm, summary_dropout=summary_dropout,
+                    activation=activation, summary_options=summary_options,
                 ),
                 kernel_size=kernel_size, activation=activation, bias=bias, dropout=dropout,
                 causal=causal,
@@ -318,12 +312,12 @@ class ConformerEncoder(MixerEncoder):
         )
 
 
-class TransformerEncoder(MixerEncoder):
+class TransformerEncoder(RecordsArguments, MixerEncoder):
     """Transformer encoder (SpeechBrain layers, pre-norm by default) with a selectable mixer.
 
     Arguments are those of ``ConformerEncoder`` without the convolution options, plus
-    ``normalize_before`` (pre-norm layers); ``summary_activation=None`` gives SummaryMixing the
-    layers' ``activation`` (ReLU by default).
+    ``normalize_before`` (pre-norm layers); SummaryMixing's activation defaults to the layers'
+    ``activation`` (ReLU by default).
 
     Example
     -------
@@ -331,6 +325,8 @@ class TransformerEncoder(MixerEncoder):
     >>> encoder(torch.randn(3, 10, 16))[0].shape
     torch.Size([3, 10, 16])
     """
+
+    TRAINING_OPTIONS = ConformerEncoder.TRAINING_OPTIONS
 
     def __init__(
         self,
@@ -342,29 +338,18 @@ class TransformerEncoder(MixerEncoder):
         dropout: float = 0.0,
         normalize_before: bool = True,
         attention_type: str = "SummaryMixing",
-        local_proj_hid_dim: Sequence[int] | None = None,
-        local_proj_out_dim: int | None = None,
-        summary_hid_dim: Sequence[int] | None = None,
-        summary_out_dim: int | None = None,
-        mode: str = "SummaryMixing",
-        summary_activation: type[nn.Module] | None = None,
-        use_layernorm: bool = True,
-        summary_dropout: str = "frame",
+        summary_options: Mapping[str, Any] | None = None,
         layerdrop_prob: float = 0.0,
         output_hidden_states: bool = False,
         activation_checkpointing: bool = False,
     ):
-        _check_attention_type(attention_type)
-        cell_activation = activation if summary_activation is None else summary_activation
+        self.init_arguments["summary_options"] = summary_mixing_options(summary_options)
         layers = [
             TransformerLayer(
                 d_model, d_ffn, nhead,
                 build_mixer(
-                    attention_type, d_model, nhead, dropout=dropout,
-                    local_proj_hid_dim=local_proj_hid_dim, local_proj_out_dim=local_proj_out_dim,
-                    summary_hid_dim=summary_hid_dim, summary_out_dim=summary_out_dim, mode=mode,
-                    summary_activation=cell_activation,
-                    use_layernorm=use_layernorm, summary_dropout=summary_dropout,
+                    attention_type, d_model, nhead, dropout=dropout, activation=activation,
+                    summary_options=summary_options,
                 ),
                 activation=activation, dropout=dropout, normalize_before=normalize_before,
             )

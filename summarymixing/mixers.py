@@ -12,7 +12,9 @@ pos_embs=None) -> (output, attention_or_None)`` with ``key_padding_mask`` ``True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,8 @@ from torch import nn
 from summarymixing.cell import SummaryMixing
 
 ATTENTION_TYPES = ("SummaryMixing", "regularMHA", "RelPosMHAXL", "SDPA")
+ENCODER_OWNED_OPTIONS = ("self", "d_model", "nhead", "dropout")  # SummaryMixing arguments
+
 
 
 class MultiheadSDPA(nn.Module):
@@ -91,44 +95,112 @@ class MultiheadSDPA(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(batch, time, d_model)), None
 
 
+def summary_mixing_options(options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """SummaryMixing's options, complete: the given ones over ``SummaryMixing``'s defaults.
+
+    An encoder receives them as one mapping (``summary_options``) and hands them to every
+    layer's cell. ``d_model``, ``nhead`` and ``dropout`` are the encoder's own; ``activation``
+    ``None`` (the default here) means the encoder layer's activation, as the authors do.
+
+    Arguments
+    ---------
+    options : mapping, optional
+        Keyword arguments of ``summarymixing.SummaryMixing`` (``mode``, ``local_proj_hid_dim``,
+        ``local_proj_out_dim``, ``summary_hid_dim``, ``summary_out_dim``, ``activation``,
+        ``use_layernorm``, ``summary_dropout``).
+
+    Returns
+    -------
+    dict
+        Every option, sequences as lists.
+
+    Raises
+    ------
+    ValueError
+        For an option SummaryMixing does not have (names it and lists the valid ones).
+
+    Example
+    -------
+    >>> summary_mixing_options({"mode": "SummaryMixing-lite"})["mode"]
+    'SummaryMixing-lite'
+    >>> summary_mixing_options({"local_proj_hidden": [8]})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown SummaryMixing option 'local_proj_hidden'; expected one of [...]
+    """
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(SummaryMixing.__init__).parameters.items()
+        if name not in ENCODER_OWNED_OPTIONS
+    }
+    defaults["activation"] = None
+    options = dict(options or {})
+    for name in options:
+        if name not in defaults:
+            raise ValueError(
+                f"unknown SummaryMixing option {name!r}; expected one of {list(defaults)}"
+            )
+    complete = {**defaults, **options}
+    return {
+        name: list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+        for name, value in complete.items()
+    }
+
+
 def build_mixer(
     attention_type: str,
     d_model: int,
     nhead: int,
     dropout: float = 0.0,
     causal: bool = False,
-    local_proj_hid_dim: Sequence[int] | None = None,
-    local_proj_out_dim: int | None = None,
-    summary_hid_dim: Sequence[int] | None = None,
-    summary_out_dim: int | None = None,
-    mode: str = "SummaryMixing",
-    summary_activation: type[nn.Module] = nn.GELU,
-    use_layernorm: bool = True,
-    summary_dropout: str = "frame",
+    activation: type[nn.Module] = nn.GELU,
+    summary_options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """Build the token mixer named by ``attention_type``.
+    """Build the token mixer named by ``attention_type``: the one place that checks it.
 
-    The ``local_*``, ``summary_*``, ``mode`` and ``use_layernorm`` options configure
-    SummaryMixing and are used only by it (``summary_activation`` is its ``activation``; the
-    encoders pass their own layer activation here); ``dropout`` is SummaryMixing's dropout on
-    the concatenation before its combiner, or the attention dropout of the other mixers;
-    ``causal`` masks future positions in ``RelPosMHAXL`` (other mixers take causal masks through
-    ``attn_mask``).
+    Arguments
+    ---------
+    attention_type : str
+        One of ``ATTENTION_TYPES``.
+    d_model : int
+        Input and output size ``D``.
+    nhead : int
+        Heads (SummaryMixing's per-head projections, attention heads otherwise).
+    dropout : float
+        SummaryMixing's dropout on the concatenation before its combiner, or the attention
+        dropout of the other mixers.
+    causal : bool
+        Mask future positions in ``RelPosMHAXL`` (other mixers take causal masks through
+        ``attn_mask``).
+    activation : type of nn.Module
+        SummaryMixing's activation unless ``summary_options`` names one (encoders pass their
+        layers' activation).
+    summary_options : mapping, optional
+        SummaryMixing's options (:func:`summary_mixing_options`); checked whatever the
+        ``attention_type``, used only by SummaryMixing, so swapping the mixer is one line.
+
+    Returns
+    -------
+    nn.Module
+        Called as ``mixer(query, key, value, attn_mask=None, key_padding_mask=None,
+        pos_embs=None)``.
 
     Example
     -------
-    >>> type(build_mixer("SummaryMixing", 16, 4)).__name__
-    'SummaryMixing'
+    >>> type(build_mixer("SummaryMixing", 16, 4, summary_options={"mode": "SummaryMixing-fast"}))
+    <class 'summarymixing.cell.SummaryMixing'>
     >>> type(build_mixer("regularMHA", 16, 4)).__name__
     'MultiheadAttention'
+    >>> build_mixer("Attention", 16, 4)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: expected attention_type in ('SummaryMixing', ...), got 'Attention'
     """
+    options = summary_mixing_options(summary_options)
     if attention_type == "SummaryMixing":
-        return SummaryMixing(
-            d_model, nhead, local_proj_hid_dim=local_proj_hid_dim,
-            local_proj_out_dim=local_proj_out_dim, summary_hid_dim=summary_hid_dim,
-            summary_out_dim=summary_out_dim, mode=mode, activation=summary_activation,
-            dropout=dropout, use_layernorm=use_layernorm, summary_dropout=summary_dropout,
-        )
+        if options["activation"] is None:
+            options["activation"] = activation
+        return SummaryMixing(d_model, nhead, dropout=dropout, **options)
     if attention_type == "regularMHA":
         return MultiheadAttention(nhead=nhead, d_model=d_model, dropout=dropout)
     if attention_type == "RelPosMHAXL":

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from hyperpyyaml import load_hyperpyyaml
-
-from summarymixing.export import save_pretrained
-from summarymixing.w2v2.encoder import build_encoder
+from tiny_models import tiny_export
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("asr_commonvoice", "slurp", "iemocap", "voxceleb")
@@ -74,16 +72,14 @@ def test_mini_config_mirrors_the_full_one(task):
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    arch = {"n_mels": 40, "cnn_channels": [16, 16], "d_model": 16, "num_layers": 1, "nhead": 4,
-            "d_ffn": 32, "conv_kernel_size": 3, "local_proj_hid_dim": [16],
-            "summary_hid_dim": [16]}  # fmt: skip
-    return save_pretrained(build_encoder(arch), arch, tmp_path_factory.mktemp("enc") / "e.pt")
+    return tiny_export(tmp_path_factory.mktemp("enc") / "e", d_model=16, num_layers=1, d_ffn=32,
+                       latent_dim=16)
 
 
 @pytest.mark.parametrize(("task", "name"), ALL_YAMLS)
 def test_yaml_instantiates_with_a_frozen_encoder(task, name, tiny_encoder, tmp_path):
     overrides = {"data_folder": str(tmp_path), "pretrained_path": str(tiny_encoder),
-                 "output_folder": str(tmp_path)}  # fmt: skip
+                 "output_folder": str(tmp_path)}
     with open(ROOT / "hparams" / task / name, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     assert hparams["weighted_sum"].logits.numel() == 2

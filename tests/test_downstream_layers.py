@@ -11,6 +11,7 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.nnet.schedulers import LinearScheduler, NewBobScheduler
 from speechbrain.utils.checkpoints import Checkpointer
+from tiny_models import tiny_encoder
 from torch import nn
 
 from summarymixing.downstream import HiddenStates, WeightedLayerSum
@@ -18,18 +19,12 @@ from summarymixing.downstream.brain import DownstreamBrain
 from summarymixing.downstream.cache import FeatureCache, fingerprint
 from summarymixing.downstream.data import add_label_pipeline, load_manifest
 from summarymixing.downstream.reporting import plot_layer_weights, write_metrics
-from summarymixing.w2v2.encoder import build_encoder
-
-TINY_ARCH = {
-    "n_mels": 40, "cnn_channels": [32, 32], "d_model": 32, "num_layers": 2, "nhead": 4,
-    "d_ffn": 64, "conv_kernel_size": 3, "local_proj_hid_dim": [32], "summary_hid_dim": [32],
-}  # fmt: skip
 
 
 @pytest.fixture()
 def encoder() -> nn.Module:
     torch.manual_seed(0)
-    return build_encoder(TINY_ARCH)
+    return tiny_encoder()
 
 
 def test_weighted_sum_is_a_convex_combination():
@@ -128,7 +123,7 @@ def test_feature_cache_round_trip_and_fingerprint(tmp_path, encoder):
     for item in data:
         direct = states(item["sig"][None], torch.ones(1))[0]
         assert torch.allclose(item["hidden"], direct, atol=1e-4)
-    other = build_encoder(TINY_ARCH)
+    other = tiny_encoder()
     assert fingerprint(HiddenStates(other)) != fingerprint(states)
 
 
@@ -187,7 +182,7 @@ def toy_brain(tmp_path, freeze=True, **hparams) -> ToyBrain:
         "lr_annealing": NewBobScheduler(0.0002, annealing_factor=0.8, patient=0),
         "encoder_opt_class": lambda params: torch.optim.Adam(params, lr=1e-5),
         "lr_annealing_encoder": NewBobScheduler(1e-5, annealing_factor=0.9, patient=0),
-    }  # fmt: skip
+    }
     brain = ToyBrain(
         modules={"encoder": encoder, "weighted_sum": weighted_sum, "head": head},
         opt_class=lambda params: torch.optim.Adam(params, lr=0.0002),

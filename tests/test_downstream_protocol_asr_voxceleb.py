@@ -24,23 +24,20 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.augment.time_domain import SpeedPerturb
 from speechbrain.dataio.dataloader import make_dataloader
 from speechbrain.nnet.schedulers import LinearScheduler, NewBobScheduler
+from tiny_models import tiny_export
 
 from data_prep.audio import AudioReadError
 from recipes.asr_commonvoice import train as asr
 from recipes.voxceleb import train as vox
-from summarymixing.export import save_pretrained
-from summarymixing.w2v2.encoder import build_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = re.compile(r"^([A-Za-z_]\w*):", re.MULTILINE)
-ARCH = {"n_mels": 40, "cnn_channels": [16, 16], "d_model": 16, "num_layers": 1, "nhead": 4,
-        "d_ffn": 32, "conv_kernel_size": 3, "local_proj_hid_dim": [16],
-        "summary_hid_dim": [16]}
 
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_pretrained(build_encoder(ARCH), ARCH, tmp_path_factory.mktemp("enc") / "e.pt")
+    return tiny_export(tmp_path_factory.mktemp("enc") / "e", d_model=16, num_layers=1, d_ffn=32,
+                       latent_dim=16)
 
 
 def load(task: str, name: str, encoder: Path, out: Path) -> dict:

@@ -14,22 +14,19 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.lobes.models.ECAPA_TDNN import Classifier
 from speechbrain.nnet.pooling import StatisticsPooling
 from speechbrain.nnet.schedulers import NewBobScheduler
+from tiny_models import tiny_export
 
 from data_prep.iemocap import prepare_iemocap
 from recipes.iemocap.train import prepare_speaker_folds, speaker_of_fold
 from summarymixing.downstream.classification import build_classifiers
-from summarymixing.export import save_pretrained
-from summarymixing.w2v2.encoder import build_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def encoder_file(folder: Path, d_model: int) -> Path:
-    arch = {"n_mels": 40, "cnn_channels": [16, 16], "d_model": d_model, "num_layers": 1,
-            "nhead": 4, "d_ffn": 32, "conv_kernel_size": 3, "local_proj_hid_dim": [16],
-            "summary_hid_dim": [16]}  # fmt: skip
     torch.manual_seed(0)
-    return save_pretrained(build_encoder(arch), arch, folder / f"enc_{d_model}.pt")
+    return tiny_export(folder / f"enc_{d_model}", d_model=d_model, num_layers=1, d_ffn=32,
+                       latent_dim=16, local_proj_hid_dim=[16], summary_hid_dim=[16])
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,7 @@ def paper_width_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def load(task: str, name: str, encoder: Path, out: Path, **overrides) -> dict:
     overrides = {"data_folder": str(out), "pretrained_path": str(encoder),
-                 "output_folder": str(out), **overrides}  # fmt: skip
+                 "output_folder": str(out), **overrides}
     with open(ROOT / "hparams" / task / name, encoding="utf-8") as fin:
         return load_hyperpyyaml(fin, overrides)
 
@@ -173,7 +170,7 @@ def test_speaker_folds_leave_two_speakers_out(mini_corpora, tmp_path):
         session, speaker = speaker_of_fold(fold)
         partner = f"Ses{session:02d}{'M' if speaker.endswith('F') else 'F'}"
         rows = {s: read_ids(tmp_path / "speaker" / f"fold_{fold}" / f"{s}.csv")
-                for s in ("train", "valid", "test")}  # fmt: skip
+                for s in ("train", "valid", "test")}
         assert rows["test"] and {spk for _, spk in rows["test"]} == {speaker}
         assert rows["valid"] and {spk for _, spk in rows["valid"]} == {partner}
         assert all(not spk.startswith(f"Ses{session:02d}") for _, spk in rows["train"])

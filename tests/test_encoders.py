@@ -95,11 +95,12 @@ def activations_of(cell: SummaryMixing) -> set[type]:
 @pytest.mark.parametrize(
     ("encoder_class", "kwargs", "expected"),
     [(ConformerEncoder, {}, Swish),
-     (ConformerEncoder, {"summary_activation": nn.GELU}, nn.GELU),
+     (ConformerEncoder, {"summary_options": {"activation": nn.GELU}}, nn.GELU),
      (TransformerEncoder, {}, nn.ReLU),
      (TransformerEncoder, {"activation": nn.GELU}, nn.GELU),
-     (TransformerEncoder, {"activation": nn.GELU, "summary_activation": nn.SiLU}, nn.SiLU)],
-)  # fmt: skip
+     (TransformerEncoder, {"activation": nn.GELU, "summary_options": {"activation": nn.SiLU}},
+      nn.SiLU)],
+)
 def test_cell_gets_the_layers_activation_unless_told_otherwise(encoder_class, kwargs, expected):
     """As in the authors' Conformer, the cell uses the layer's activation (Swish there)."""
     encoder = tiny(encoder_class, "SummaryMixing", **kwargs)
@@ -109,15 +110,20 @@ def test_cell_gets_the_layers_activation_unless_told_otherwise(encoder_class, kw
 
 
 def test_cell_gets_the_layers_dropout_and_the_dropout_variant():
-    encoder = tiny(ConformerEncoder, "SummaryMixing", dropout=0.1, summary_dropout="utterance")
+    encoder = tiny(ConformerEncoder, "SummaryMixing", dropout=0.1,
+                   summary_options={"summary_dropout": "utterance"})
     cells = [layer.mha_layer for layer in encoder.layers]
     assert all(cell.dropout == 0.1 and cell.summary_dropout == "utterance" for cell in cells)
     assert tiny(ConformerEncoder, "SummaryMixing").layers[0].mha_layer.summary_dropout == "frame"
 
 
-def test_unknown_attention_type():
+def test_unknown_attention_type_or_option():
     with pytest.raises(ValueError, match="expected attention_type in"):
         ConformerEncoder(1, 32, 64, 4, attention_type="FlashMixing")
+    for attention_type in ("SummaryMixing", "regularMHA"):  # a typo is caught whatever the mixer
+        with pytest.raises(ValueError, match="unknown SummaryMixing option 'summary_hidden'"):
+            TransformerEncoder(1, 32, 64, 4, attention_type=attention_type,
+                               summary_options={"summary_hidden": [32]})
 
 
 def test_empty_input_is_an_error():
@@ -132,7 +138,7 @@ def count(module: torch.nn.Module) -> int:
 def test_paper_sizes():
     """The paper's w2v2 context encoder: 152.8M (SummaryMixing) vs 163.4M (regularMHA)."""
     config = {"num_layers": 12, "d_model": 768, "d_ffn": 3072, "nhead": 8,
-              "local_proj_hid_dim": [768], "summary_hid_dim": [768]}
+              "summary_options": {"local_proj_hid_dim": [768], "summary_hid_dim": [768]}}
     summary_mixing = count(ConformerEncoder(attention_type="SummaryMixing", **config))
     attention = count(ConformerEncoder(attention_type="regularMHA", **config))
     assert summary_mixing == pytest.approx(152.8e6, rel=0.005)
@@ -149,8 +155,9 @@ encoder: !new:summarymixing.ConformerEncoder
     nhead: 4
     kernel_size: 5
     attention_type: !ref <attention_type>
-    local_proj_hid_dim: [32]
-    summary_hid_dim: [32]
+    summary_options:
+        local_proj_hid_dim: [32]
+        summary_hid_dim: [32]
 """
 
 

@@ -1,6 +1,6 @@
 """Import boundaries of the package, checked by parsing every module's imports (``ast``).
 
-- The copyable core (``summarymixing/{__init__,cell,mixers,encoders}.py`` and
+- The copyable core (``summarymixing/{__init__,cell,mixers,encoders,architecture}.py`` and
   ``summarymixing/w2v2/``) imports only the standard library, torch, SpeechBrain and other core
   modules: copying those files is enough to use SummaryMixing elsewhere.
 - ``data_prep`` imports nothing from the model package ``summarymixing`` (nor from the recipes).
@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 CORE_FILES = ("summarymixing/__init__.py", "summarymixing/cell.py", "summarymixing/mixers.py",
-              "summarymixing/encoders.py")
+              "summarymixing/encoders.py", "summarymixing/architecture.py")
 CORE_FOLDERS = ("summarymixing/w2v2",)
 CORE_THIRD_PARTY = {"torch", "speechbrain"}
 

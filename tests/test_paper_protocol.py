@@ -51,7 +51,7 @@ def _untagged(loader: RawLoader, suffix: str, node: yaml.Node) -> Any:
 RawLoader.add_multi_constructor("!", _untagged)
 
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-              ast.Div: operator.truediv}  # fmt: skip
+              ast.Div: operator.truediv}
 
 
 def _arithmetic(expression: str) -> Any:
@@ -130,8 +130,8 @@ def read_yaml(name: str) -> dict:
     document = yaml.load((ROOT / name).read_text(encoding="utf-8"), Loader=RawLoader)
     pretrain = yaml.load((ROOT / PRETRAIN_YAML).read_text(encoding="utf-8"), Loader=RawLoader)
     from_encoder = {
-        "d_model": lookup(pretrain, "arch.d_model"),
-        "num_hidden_states": lookup(pretrain, "arch.num_layers") + 1,
+        "d_model": lookup(pretrain, "context.d_model"),
+        "num_hidden_states": lookup(pretrain, "context.num_layers") + 1,
     }
     for key, value in from_encoder.items():
         if isinstance(document.get(key), list):  # !apply:getattr [<pretrained>, key]
@@ -164,14 +164,14 @@ def test_every_shipped_training_yaml_has_a_section():
     shipped = {
         PRETRAIN_YAML, "hparams/asr_commonvoice/train.yaml",
         "hparams/slurp/train.yaml", "hparams/iemocap/train.yaml", "hparams/voxceleb/train.yaml",
-    }  # fmt: skip
+    }
     assert shipped <= files
     for name in files:
         assert sum(row[0] == name for row in ROWS) >= 10, f"{name}: too few rows in the table"
 
 
 @pytest.mark.parametrize(("yaml_file", "key", "authors", "shipped", "note"), ROWS,
-                         ids=[f"{r[0].split('/')[1]}:{r[1]}" for r in ROWS])  # fmt: skip
+                         ids=[f"{r[0].split('/')[1]}:{r[1]}" for r in ROWS])
 def test_shipped_yaml_matches_protocol_table(yaml_file, key, authors, shipped, note):
     found = lookup(read_yaml(yaml_file), key)
     assert found is not MISSING, f"{yaml_file}: no key {key!r} (table row of {PROTOCOL.name})"

@@ -5,19 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from speechbrain.nnet.activations import Swish
+from tiny_models import tiny_encoder
 
-from summarymixing.w2v2 import FbankFrontEnd, build_encoder
-
-TINY = {
-    "n_mels": 40, "cnn_channels": [32, 32], "d_model": 32, "num_layers": 2, "nhead": 4,
-    "d_ffn": 64, "conv_kernel_size": 5, "local_proj_hid_dim": [32], "summary_hid_dim": [32],
-}
+from summarymixing.w2v2 import FbankFrontEnd
 
 
 @pytest.mark.parametrize("attention_type", ["SummaryMixing", "regularMHA"])
 def test_utterance_alone_equals_its_row_in_a_padded_batch(attention_type: str) -> None:
     torch.manual_seed(0)
-    encoder = build_encoder({**TINY, "attention_type": attention_type}).eval()
+    encoder = tiny_encoder(kernel_size=5, attention_type=attention_type).eval()
     lengths = [16000, 11230, 7001]
     wavs = torch.zeros(3, max(lengths))
     singles = [torch.randn(n) for n in lengths]
@@ -36,7 +32,7 @@ def test_utterance_alone_equals_its_row_in_a_padded_batch(attention_type: str) -
 
 
 def test_hidden_states_and_attributes() -> None:
-    encoder = build_encoder(TINY).eval()
+    encoder = tiny_encoder(kernel_size=5).eval()
     hidden = encoder(torch.randn(2, 8000), torch.tensor([1.0, 0.6]))
     assert encoder.num_hidden_states == 3 == len(hidden)
     assert encoder.d_model == 32
@@ -53,7 +49,7 @@ def test_output_lengths_match_the_frames_produced() -> None:
 
 
 def test_shortest_input_gives_one_frame_and_shorter_is_a_clear_error() -> None:
-    encoder = build_encoder(TINY).eval()
+    encoder = tiny_encoder(kernel_size=5).eval()
     shortest = encoder.frontend.min_samples()
     assert encoder(torch.randn(1, shortest))[-1].shape[1] == 1
     with pytest.raises(ValueError, match="at least 960 samples"):
@@ -65,7 +61,7 @@ def test_shortest_input_gives_one_frame_and_shorter_is_a_clear_error() -> None:
 
 
 def test_mask_embedding_replaces_masked_frames() -> None:
-    encoder = build_encoder(TINY).eval()
+    encoder = tiny_encoder(kernel_size=5).eval()
     latents, padding = encoder.frontend(torch.randn(1, 8000))
     mask = torch.zeros(padding.shape, dtype=torch.bool)
     mask[0, 3:8] = True
@@ -83,17 +79,17 @@ def cells(encoder) -> list:
 
 def test_summary_mixing_options_of_the_architecture() -> None:
     """The cell gets the Conformer's Swish unless the architecture names another activation."""
-    default = cells(build_encoder(TINY))
+    default = cells(tiny_encoder(kernel_size=5))
     assert all(isinstance(cell.combiner_activation, Swish) for cell in default)
     assert all(cell.dropout == 0.0 and cell.summary_dropout == "frame" for cell in default)
-    named = build_encoder(
-        {**TINY, "summary_activation": "GELU", "local_proj_out_dim": 16, "use_layernorm": False},
-        dropout=0.1, summary_dropout="utterance",
+    named = tiny_encoder(
+        activation=torch.nn.GELU, local_proj_out_dim=16, use_layernorm=False, dropout=0.1,
+        summary_dropout="utterance",
     )
     for cell in cells(named):
         assert isinstance(cell.combiner_activation, torch.nn.GELU)
         assert isinstance(cell.summary_proj[1], torch.nn.GELU)
         assert cell.local_out_dim == 16 and not cell.use_layernorm
         assert cell.dropout == 0.1 and cell.summary_dropout == "utterance"
-    with pytest.raises(ValueError, match="unknown activation 'Gaussian'"):
-        build_encoder({**TINY, "summary_activation": "Gaussian"})
+    with pytest.raises(ValueError, match="unknown SummaryMixing option 'summary_activation'"):
+        tiny_encoder(summary_activation=torch.nn.GELU)

@@ -50,8 +50,8 @@ def build_cell(mixer: str, size: ModelSize) -> nn.Module:
     'MultiheadSDPA'
     """
     return build_mixer(
-        mixer, size.d_model, size.nhead, local_proj_hid_dim=[size.d_model],
-        summary_hid_dim=[size.d_model], summary_activation=Swish,
+        mixer, size.d_model, size.nhead, activation=Swish,
+        summary_options={"local_proj_hid_dim": [size.d_model], "summary_hid_dim": [size.d_model]},
     )
 
 
@@ -65,7 +65,7 @@ def build_encoder(mixer: str, size: ModelSize) -> nn.Module:
     """
     return ConformerEncoder(
         size.num_layers, size.d_model, size.d_ffn, size.nhead, attention_type=mixer,
-        local_proj_hid_dim=[size.d_model], summary_hid_dim=[size.d_model],
+        summary_options={"local_proj_hid_dim": [size.d_model], "summary_hid_dim": [size.d_model]},
     )
 
 

@@ -2,8 +2,9 @@
 
 A step is what the recipe does per optimizer update: filterbank front end, masked context
 encoder, quantiser, negatives, contrastive + diversity loss, backward, gradient clipping and an
-AdamW update. Both models are built by ``summarymixing.w2v2.build_encoder`` with the recipe's
-pieces and differ only in ``attention_type``; their steps are timed interleaved in one run.
+AdamW update. Both models are built from the classes the recipe's YAML uses, with its
+regularisation, and differ only in ``attention_type``; their steps are timed interleaved in one
+run.
 
 ``python -m summarymixing.benchmark pretrain [--device cuda] [--size paper|small]
 [--seconds 5 10 20 30] [--activation-checkpointing]`` prints a table and writes
@@ -22,6 +23,7 @@ import torch
 from speechbrain.lobes.models.wav2vec import W2VTargetQuantiser, compute_mask
 from speechbrain.nnet.losses import ContrastiveLoss
 
+from summarymixing import ConformerEncoder
 from summarymixing.benchmark.measure import (
     format_table,
     measure_side_by_side,
@@ -29,18 +31,39 @@ from summarymixing.benchmark.measure import (
     plot_time_and_memory,
     write_csv,
 )
-from summarymixing.w2v2 import build_encoder
+from summarymixing.w2v2 import FbankFrontEnd, W2V2Encoder
 from summarymixing.w2v2.pretrain import W2V2Pretrainer, min_maskable_frames, w2v2_objectives
 
 logger = logging.getLogger(__name__)
 
-SIZES = {
-    "paper": {"d_model": 768, "d_ffn": 3072, "nhead": 8, "num_layers": 12,
-              "local_proj_hid_dim": [768], "summary_hid_dim": [768]},
-    "small": {"d_model": 256, "d_ffn": 1024, "nhead": 4, "num_layers": 6,
-              "local_proj_hid_dim": [256], "summary_hid_dim": [256], "cnn_channels": [256, 256]},
+SIZES = {  # paper: hparams/pretrain/summarymixing_w2v2.yaml
+    "paper": {"d_model": 768, "d_ffn": 3072, "nhead": 8, "num_layers": 12, "latent_dim": 512},
+    "small": {"d_model": 256, "d_ffn": 1024, "nhead": 4, "num_layers": 6, "latent_dim": 256},
 }
 MODELS = {"SummaryMixing": "SummaryMixing", "MHSA": "regularMHA"}
+
+
+def build_w2v2_encoder(
+    attention_type: str, size: str, activation_checkpointing: bool = False
+) -> W2V2Encoder:
+    """The recipe's encoder at ``size`` (``SIZES``) with the paper's regularisation (dropout
+    0.1; layer drop left out: it is random).
+
+    Example
+    -------
+    >>> build_w2v2_encoder("regularMHA", "small").num_hidden_states
+    7
+    """
+    sizes = SIZES[size]
+    d_model = sizes["d_model"]
+    context = ConformerEncoder(
+        sizes["num_layers"], d_model, sizes["d_ffn"], sizes["nhead"], dropout=0.1,
+        attention_type=attention_type,
+        summary_options={"local_proj_hid_dim": [d_model], "summary_hid_dim": [d_model]},
+        output_hidden_states=True, activation_checkpointing=activation_checkpointing,
+    )
+    frontend = FbankFrontEnd(out_channels=[sizes["latent_dim"]] * 2)
+    return W2V2Encoder(frontend, context, d_model, dropout_encoder_input=0.1)
 
 
 def pretrain_step(
@@ -55,11 +78,7 @@ def pretrain_step(
     >>> step = pretrain_step("SummaryMixing", "small", 2.0, 1, torch.device("cpu"))
     >>> step()
     """
-    arch = {**SIZES[size], "attention_type": attention_type}
-    encoder = build_encoder(  # the paper's regularisation (layer drop left out: it is random)
-        arch, dropout=0.1, dropout_encoder_input=0.1,
-        activation_checkpointing=activation_checkpointing,
-    )
+    encoder = build_w2v2_encoder(attention_type, size, activation_checkpointing)
     latent_dim = encoder.frontend.out_dim
     model = W2V2Pretrainer(encoder, W2VTargetQuantiser(latent_dim, 256), 256).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, eps=1e-6)

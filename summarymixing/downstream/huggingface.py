@@ -30,7 +30,7 @@ CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 MODEL_TYPE = "wav2vec2"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# Our architecture keys (summarymixing.w2v2.ARCH_DEFAULTS) that have a Hugging Face counterpart
+# Architecture keys of our encoders (summarymixing.architecture) with a Hugging Face counterpart
 ARCH_TO_CONFIG = {
     "d_model": "hidden_size",
     "num_layers": "num_hidden_layers",
@@ -76,6 +76,11 @@ def huggingface_source(path: str | os.PathLike) -> str | None:
 def check_local_folder(folder: Path) -> None:
     """Refuse a local folder that is not a Hugging Face wav2vec 2.0 checkpoint.
 
+    Arguments
+    ---------
+    folder : Path
+        A local folder given as the pre-trained encoder.
+
     Raises
     ------
     FileNotFoundError
@@ -107,6 +112,15 @@ def check_hf_arch(expected: Mapping[str, Any], config: Any, source: str) -> None
     architecture keys that have a counterpart (``d_model``, ``num_layers``, ``nhead``,
     ``d_ffn``); any other key of ours (``attention_type``, ``mode``, ...) describes a
     SummaryMixing encoder and is refused.
+
+    Arguments
+    ---------
+    expected : Mapping[str, Any]
+        The ``expected_arch`` keys and values.
+    config : transformers.Wav2Vec2Config
+        The checkpoint's config.
+    source : str
+        The checkpoint's folder or hub id, for the error message.
 
     Raises
     ------
@@ -150,6 +164,18 @@ def load_huggingface(
 ) -> HFWav2Vec2Encoder:
     """Build ``HFWav2Vec2Encoder`` for ``source`` and check ``expected_arch`` against its
     config (:func:`check_hf_arch`). Returned in eval mode, on CPU.
+
+    Arguments
+    ---------
+    source : str
+        A local Hugging Face folder or a hub id.
+    expected_arch : Mapping[str, Any], optional
+        Architecture keys to check (:func:`check_hf_arch`).
+
+    Returns
+    -------
+    HFWav2Vec2Encoder
+        The encoder, in eval mode.
 
     Raises
     ------

@@ -3,15 +3,18 @@
 Example
 -------
 >>> import torch
->>> from summarymixing.w2v2 import build_encoder
->>> encoder = build_encoder({"n_mels": 40, "cnn_channels": [32, 32], "d_model": 16,
-...                          "num_layers": 2, "nhead": 4, "d_ffn": 32, "conv_kernel_size": 3,
-...                          "local_proj_hid_dim": [16], "summary_hid_dim": [16]})
+>>> from summarymixing import ConformerEncoder
+>>> from summarymixing.w2v2 import FbankFrontEnd, W2V2Encoder
+>>> encoder = W2V2Encoder(
+...     FbankFrontEnd(n_mels=40, out_channels=[32, 32]),
+...     ConformerEncoder(2, 16, 32, 4, kernel_size=3, output_hidden_states=True),
+...     d_model=16,
+... )
 >>> [h.shape[-1] for h in encoder(torch.randn(1, 8000))]
 [16, 16, 16]
 """
 
-from summarymixing.w2v2.encoder import ARCH_DEFAULTS, W2V2Encoder, build_encoder, complete_arch
+from summarymixing.w2v2.encoder import W2V2Encoder
 from summarymixing.w2v2.frontend import FbankFrontEnd
 
-__all__ = ["ARCH_DEFAULTS", "FbankFrontEnd", "W2V2Encoder", "build_encoder", "complete_arch"]
+__all__ = ["FbankFrontEnd", "W2V2Encoder"]

@@ -23,8 +23,10 @@ from speechbrain.nnet.normalization import LayerNorm
 from speechbrain.processing.features import InputNormalization
 from torch import nn
 
+from summarymixing.architecture import RecordsArguments
 
-class FbankFrontEnd(nn.Module):
+
+class FbankFrontEnd(RecordsArguments, nn.Module):
     """Log-mel filterbank, sentence-level normalisation and a strided 1-D CNN.
 
     Arguments
@@ -58,6 +60,8 @@ class FbankFrontEnd(nn.Module):
     >>> frontend.output_lengths(torch.tensor([16000, 8000])).tolist()
     [48, 23]
     """
+
+    TRAINING_OPTIONS = ("dropout",)
 
     def __init__(
         self,

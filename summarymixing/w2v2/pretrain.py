@@ -41,10 +41,11 @@ class W2V2Pretrainer(nn.Module):
 
     Example
     -------
-    >>> from summarymixing.w2v2 import build_encoder
-    >>> encoder = build_encoder({"n_mels": 40, "cnn_channels": [32, 32], "d_model": 16,
-    ...                          "num_layers": 1, "nhead": 4, "d_ffn": 32, "conv_kernel_size": 3,
-    ...                          "local_proj_hid_dim": [16], "summary_hid_dim": [16]})
+    >>> from summarymixing import ConformerEncoder
+    >>> from summarymixing.w2v2 import FbankFrontEnd
+    >>> encoder = W2V2Encoder(FbankFrontEnd(n_mels=40, out_channels=[32, 32]),
+    ...                       ConformerEncoder(1, 16, 32, 4, kernel_size=3,
+    ...                                        output_hidden_states=True), d_model=16)
     >>> model = W2V2Pretrainer(encoder, W2VTargetQuantiser(32, 8, num_vars=10), 8)
     >>> mask = torch.zeros(2, 48, dtype=torch.bool)
     >>> mask[:, 5:15] = True
