@@ -2,15 +2,14 @@
 (``recipes/demo/run.py``) reads what each stage wrote, tabulates it and draws the plots.
 
 Every number in the report is read from a stage's own output: the pre-training step log
-(``train_steps_log.txt``), the exported encoder, the benchmark CSV and each downstream run's
-``metrics.json``.
+(``train_steps.jsonl``, read with :func:`summarymixing.training.read_step_log`), the exported
+encoder, the benchmark CSV and each downstream run's ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import re
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from summarymixing.benchmark.measure import format_table
 from summarymixing.benchmark.pretrain import MODELS
 from summarymixing.export import load_pretrained
+from summarymixing.training import read_step_log
 
 # The paper's table: its columns, in order.
 COLUMNS = (
@@ -30,38 +30,6 @@ COLUMNS = (
     "IEMOCAP acc. (mean of folds)",
     "VoxCeleb EER",
 )
-
-_STEP_LINE = re.compile(r"^step: (\d+) - (.*)$")
-
-
-def read_step_log(path: Path) -> list[dict[str, float]]:
-    """Rows of a ``FileTrainLogger`` step log: ``{"step": n, "loss": ..., ...}``.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> log = Path(tempfile.mkdtemp()) / "log.txt"
-    >>> _ = log.write_text("step: 1 - train loss: 3.10, train seconds_per_step: 2.50e-01\\n")
-    >>> read_step_log(log)
-    [{'step': 1.0, 'loss': 3.1, 'seconds_per_step': 0.25}]
-    """
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        match = _STEP_LINE.match(line.strip())
-        if not match:
-            continue
-        row = {"step": float(match.group(1))}
-        for item in match.group(2).split(", "):
-            key, _, value = item.partition(": ")
-            try:
-                row[key.removeprefix("train ")] = float(value)
-            except ValueError as error:
-                raise ValueError(f"{path}:{number}: unreadable value in {item!r}") from error
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no step lines")
-    return rows
-
 
 def median_seconds_per_step(rows: Sequence[Mapping[str, float]], warmup_steps: int) -> float:
     """Median ``seconds_per_step`` after the first ``warmup_steps`` steps.
@@ -107,8 +75,8 @@ def collect(
     warmup_steps: int,
 ) -> dict[str, float]:
     """One model's row of the report, read from its stages' outputs."""
-    encoder = load_pretrained(pretrain_folder / "encoder.pt")
-    steps = read_step_log(pretrain_folder / "train_steps_log.txt")
+    encoder = load_pretrained(pretrain_folder / "encoder")
+    steps = read_step_log(pretrain_folder / "train_steps.jsonl")
     benchmark = benchmark_at(benchmark_csv, attention_type, benchmark_seconds)
 
     def test_metrics(task: str) -> dict:

@@ -1,29 +1,40 @@
-"""Training-loop pieces shared by the recipes: a ``speechbrain.Brain`` with robust steps,
-mid-epoch checkpoints by time *and* steps, RNG checkpointing and per-step logging.
+"""Training-loop pieces shared by the recipes: SpeechBrain's ``Brain`` extended through its hooks
+(its ``fit_batch`` loop runs unchanged, so ``on_fit_batch_start/end``, ``optimizers_dict``,
+``freeze_optimizers``, gradient accumulation, ``no_sync`` and the AMP scaler all apply).
 
-``RobustBrain`` changes SpeechBrain's ``Brain`` in four places, each an overridable method:
+:class:`GuardedBrain` (every recipe, pre-training and downstream) overrides:
 
-- ``fit_batch`` / ``optimizers_step``: a step whose loss or gradients are not finite is skipped
-  on every rank alike (the decision is all-reduced) and counted; past ``nonfinite_patience``
-  skipped steps in an epoch training stops with a clear error. Weights never see a NaN.
-- ``_should_save_intra_epoch_ckpt`` / ``_save_intra_epoch_ckpt``: checkpoint every
-  ``ckpt_every_minutes`` minutes and every ``ckpt_every_steps`` optimizer steps (SpeechBrain
-  allows only one of the two), only at gradient-accumulation boundaries (so a resumed run is
-  exact), keeping the last ``num_checkpoints_to_keep``.
-- ``on_fit_start``: with DDP and layer drop, unused parameters are expected, so
-  ``find_unused_parameters`` is switched on rather than letting DDP hang.
-- the checkpointer also stores the random number generators (``RNGState``).
+- ``check_loss_isfinite`` and ``optimizers_step`` (``on_fit_batch_start`` and ``zero_grad``
+  keep the accumulation group's record): a step whose loss or gradients are not finite is
+  skipped on every rank alike (the decision is all-reduced) and counted in ``nonfinite_count``;
+  past ``--nonfinite_patience`` skipped steps in an epoch, :class:`NonFiniteLossError` names the
+  utterances of the batch. Weights never see a NaN, and ``optimizer_step`` counts only applied
+  updates (also when the fp16 ``GradScaler`` skips an overflowing step).
+  ``--skip_nonfinite_grads`` is accepted and redundant: whole steps are always skipped.
+- ``on_fit_start``: under DDP, ``find_unused_parameters`` is switched on when a module drops
+  layers or can pause a trainable part (a fine-tuned encoder); nothing else sets it.
 
-Subclasses implement ``compute_forward`` and ``compute_objectives`` (returning a dict with
-``loss``; the other entries are logged) and may override ``on_optimizer_step``.
+:class:`RobustBrain` (pre-training) adds:
+
+- ``_should_save_intra_epoch_ckpt`` / ``_save_intra_epoch_ckpt``: a checkpoint every
+  ``ckpt_every_minutes`` minutes *and* every ``ckpt_every_steps`` optimizer steps (SpeechBrain's
+  ``--ckpt_interval_minutes`` / ``--ckpt_interval_steps`` allow only one and are refused, naming
+  ours), only at gradient-accumulation boundaries, keeping ``num_checkpoints_to_keep``.
+- ``on_fit_batch_end``: every ``log_interval`` applied steps, a line of the JSON-lines step log
+  (:class:`StepLog`).
+- the checkpointer also stores the random number generators (:class:`RNGState`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import random
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +46,7 @@ from speechbrain.utils.checkpoints import (
     mark_as_saver,
     register_checkpoint_hooks,
 )
-from speechbrain.utils.distributed import is_distributed_initialized
+from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
 
 from summarymixing.memory import process_status_kib
 
@@ -45,7 +56,8 @@ logger = logging.getLogger(__name__)
 @register_checkpoint_hooks
 class RNGState:
     """Checkpointer recoverable for the Python, NumPy, torch CPU and CUDA generators, so that a
-    resumed run draws the same masks, negatives and dropout as an uninterrupted one.
+    resumed run draws the same masks, negatives and dropout as an uninterrupted one. The states
+    are stored as tensors and plain numbers and read back with ``weights_only=True`` (no pickle).
 
     Example
     -------
@@ -53,18 +65,20 @@ class RNGState:
     >>> from pathlib import Path
     >>> path = Path(tempfile.mkdtemp()) / "rng.ckpt"
     >>> RNGState().save(path)
-    >>> first = torch.rand(3)
+    >>> first = torch.rand(3), random.random(), np.random.rand()
     >>> RNGState().load(path)
-    >>> torch.equal(first, torch.rand(3))
-    True
+    >>> torch.equal(first[0], torch.rand(3)), first[1:] == (random.random(), np.random.rand())
+    (True, True)
     """
 
     @mark_as_saver
     def save(self, path: str | os.PathLike) -> None:
         """Write the generator states."""
+        version, python_state, gauss = random.getstate()
+        name, keys, position, has_gauss, cached = np.random.get_state()
         state = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "python": [version, torch.tensor(python_state, dtype=torch.int64), gauss],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -75,9 +89,11 @@ class RNGState:
         """Restore the generator states (only rank 0's are saved: other DDP ranks restore them
         and then re-seed from their rank so that ranks keep distinct streams)."""
         del end_of_epoch
-        state = torch.load(path, weights_only=False)
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        state = torch.load(path, weights_only=True)
+        version, python_state, gauss = state["python"]
+        random.setstate((version, tuple(python_state.tolist()), gauss))
+        name, keys, position, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
         torch.set_rng_state(state["torch"])
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
@@ -93,13 +109,29 @@ class NonFiniteLossError(RuntimeError):
     """Too many steps had a non-finite loss or gradient."""
 
 
-class RobustBrain(sb.Brain):
-    """``sb.Brain`` with non-finite-step skipping, time-and-step checkpoints and step logging.
+def batch_ids(batch: Any) -> list[str]:
+    """The utterance ids of a batch: a ``PaddedBatch``'s ``id``, else none.
 
-    Hyperparameters read (all required in the YAML): ``ckpt_every_minutes``,
-    ``ckpt_every_steps``, ``num_checkpoints_to_keep``, ``log_interval`` (optimizer steps
-    between lines of ``train_steps_logger``), ``train_steps_logger`` (a SpeechBrain
-    ``FileTrainLogger``) and ``tensorboard_logger`` (a ``TensorboardLogger`` or ``null``).
+    Example
+    -------
+    >>> from speechbrain.dataio.batch import PaddedBatch
+    >>> batch_ids(PaddedBatch([{"id": "a", "x": torch.ones(2)}, {"id": "b", "x": torch.ones(3)}]))
+    ['a', 'b']
+    >>> batch_ids((torch.ones(2, 3), torch.ones(2)))
+    []
+    """
+    ids = getattr(batch, "id", None)
+    return [str(uid) for uid in ids] if isinstance(ids, (list, tuple)) else []
+
+
+class GuardedBrain(sb.Brain):
+    """``sb.Brain`` whose optimizer steps are skipped on every rank when a loss or gradient of
+    the accumulation group is not finite (see the module docstring).
+
+    Subclasses that override ``on_fit_batch_start`` call ``super()``: it records the utterance
+    ids named by :class:`NonFiniteLossError`. After each ``optimizers_step``, ``step_applied``
+    says whether the weights were updated and ``grad_norm`` holds the total gradient norm (before
+    clipping).
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -107,105 +139,274 @@ class RobustBrain(sb.Brain):
         # SpeechBrain 1.1 parses the Optional[int] run option from the command line as a string.
         if isinstance(self.optimizer_step_limit, str):
             self.optimizer_step_limit = int(self.optimizer_step_limit)
+        if self.skip_nonfinite_grads:
+            logger.info("skip_nonfinite_grads: always on here, a step with a non-finite loss or "
+                        "gradient is skipped whole on every rank (see nonfinite_patience)")
+            self.skip_nonfinite_grads = False  # SpeechBrain's per-tensor check: redundant
+        self.nonfinite_count = 0
+        self.step_applied = False
+        self.grad_norm = float("nan")
+        self._loss_not_finite = False
+        self._group_ids: list[str] = []
+
+    # ------------------------------------------------------------------ DDP
+    def has_unused_parameters(self) -> bool:
+        """Whether DDP must look for parameters without a gradient: a module drops layers
+        (``layerdrop_prob > 0``), or a module with trainable parameters can be paused
+        (``set_frozen``, a fine-tuned encoder: paused steps, and pre-training-only parameters
+        such as ``mask_emb`` unused downstream)."""
+        for module in self.modules.modules():
+            if getattr(module, "layerdrop_prob", 0.0) > 0.0:
+                return True
+            if hasattr(module, "set_frozen") and any(p.requires_grad for p in module.parameters()):
+                return True
+        return False
+
+    def on_fit_start(self) -> None:
+        """Under DDP, turn on ``find_unused_parameters`` when :meth:`has_unused_parameters`;
+        then SpeechBrain's start (wrap, optimizers, recover)."""
+        if self.distributed_launch and not self.find_unused_parameters:
+            if self.has_unused_parameters():
+                logger.info("some parameters may get no gradient: find_unused_parameters on")
+                self.find_unused_parameters = True
+        super().on_fit_start()
+
+    # ------------------------------------------------------------------ steps
+    def on_fit_batch_start(self, batch: Any, should_step: bool) -> None:
+        """Remember the utterance ids of the accumulation group."""
+        self._group_ids.extend(batch_ids(batch))
+
+    def check_loss_isfinite(self, loss: torch.Tensor) -> None:
+        """Mark the accumulation group when a loss is not finite (counted in
+        :meth:`optimizers_step`, once per skipped step, on every rank)."""
+        if not torch.isfinite(loss.detach()).all():
+            self._loss_not_finite = True
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """SpeechBrain's (start and end of an epoch), and forget the accumulation group: a
+        group an epoch leaves unfinished must not mark the next epoch's first step."""
+        super().zero_grad(set_to_none)
+        self._loss_not_finite, self._group_ids = False, []
+
+    def _active_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self.optimizers_dict is not None:
+            return self.freeze_optimizers(self.optimizers_dict)
+        return {"optimizer": self.optimizer} if self.opt_class is not None else {}
+
+    def optimizers_step(self) -> None:
+        """Skip the step on every rank when a loss or gradient of the group is not finite on
+        any rank; else SpeechBrain's step (unscale, clip, step, update the scaler)."""
+        grads = [
+            p.grad for opt in self._active_optimizers().values()
+            for group in opt.param_groups for p in group["params"] if p.grad is not None
+        ]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        # With fp16 an overflowing gradient is the GradScaler's to skip (it lowers its scale).
+        bad_grads = not self.scaler.is_enabled() and not bool(torch.isfinite(norm))
+        bad = torch.tensor(float(self._loss_not_finite or bad_grads), device=self.device)
+        if is_distributed_initialized():
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        here, ids = self._loss_not_finite or bad_grads, self._group_ids
+        self._loss_not_finite, self._group_ids = False, []
+        self.step_applied = False
+        if bool(bad):
+            self._drop_gradients()
+            self._count_nonfinite(ids, here)
+            return
+        steps = self.optimizer_step
+        super().optimizers_step()
+        if self.scaler.is_enabled() and self.scaler.get_scale() < scale:
+            self.optimizer_step = steps  # the GradScaler skipped an overflowing step
+            return
+        self.step_applied = self.optimizer_step > steps
+        self.grad_norm = float(norm) / scale
+
+    def _drop_gradients(self) -> None:
+        params = list(self.modules.parameters())
+        for optimizer in (self.optimizers_dict or {}).values():
+            params += [p for group in optimizer.param_groups for p in group["params"]]
+        for param in params:
+            param.grad = None
+
+    def _count_nonfinite(self, ids: list[str], here: bool) -> None:
+        self.nonfinite_count += 1
+        where = "" if here else " (on another rank)"
+        names = f"; utterances of the batch on this rank: {', '.join(ids)}" if ids else ""
+        logger.warning(
+            "skipped optimizer step %d: non-finite loss or gradient%s (%d skipped this epoch)%s",
+            self.optimizer_step + 1, where, self.nonfinite_count, names,
+        )
+        if self.nonfinite_count > self.nonfinite_patience:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_count} optimizer steps had a non-finite loss or gradient this "
+                f"epoch, more than nonfinite_patience={self.nonfinite_patience}: stopping. Last "
+                f"one{where}{names or ' (the batch has no utterance ids)'}. Check the data "
+                "(NaN or infinite samples), or lower the learning rate."
+            )
+
+
+class StepLog:
+    """The step log: one JSON object a line, appended and flushed line by line on the main
+    process. A line torn by a kill is cut off when the log is next opened for writing (a resumed
+    run), and skipped with a warning by :func:`read_step_log`. Non-finite numbers are written as
+    ``null``.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The ``.jsonl`` file.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "steps.jsonl"
+    >>> log = StepLog(path)
+    >>> log.write({"step": 1, "loss": 2.5, "grad_norm": float("nan")})
+    >>> path.read_text()
+    '{"step": 1, "loss": 2.5, "grad_norm": null}\\n'
+    >>> read_step_log(path)
+    [{'step': 1, 'loss': 2.5, 'grad_norm': nan}]
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._checked = False
+
+    def _cut_torn_line(self) -> None:
+        if not self.path.is_file():
+            return
+        with open(self.path, "rb+") as stream:
+            data = stream.read()
+            if data and not data.endswith(b"\n"):
+                logger.warning("%s: cutting off a torn last line", self.path)
+                stream.truncate(data.rfind(b"\n") + 1)
+
+    def write(self, row: Mapping[str, float | int]) -> None:
+        """Append ``row`` (main process only)."""
+        if not if_main_process():
+            return
+        if not self._checked:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._cut_torn_line()
+            self._checked = True
+        clean = {k: v if math.isfinite(v) else None for k, v in row.items()}
+        with open(self.path, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(clean) + "\n")
+            stream.flush()
+
+
+def read_step_log(path: str | os.PathLike) -> list[dict[str, float]]:
+    """The rows of a :class:`StepLog` (``null`` read as NaN). A torn last line (a killed run) is
+    skipped with a warning; any other unreadable line is an error naming the file and line.
+    When a resumed run logged a step again, its later row replaces the earlier one.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "steps.jsonl"
+    >>> _ = path.write_text('{"step": 1, "loss": 3.0}\\n{"step": 2, "loss": 2.0}\\n{"step": 2, "lo')
+    >>> read_step_log(path)
+    [{'step': 1, 'loss': 3.0}, {'step': 2, 'loss': 2.0}]
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline
+    if torn:
+        logger.warning("%s: skipping a torn last line (killed run?): %r", path, torn[:80])
+    rows: dict[int, dict[str, float]] = {}
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}:{number}: expected a JSON object with a step, "
+                             f"got {line[:80]!r}") from error
+        rows.pop(step, None)
+        rows[step] = {k: float("nan") if v is None else v for k, v in row.items()}
+    if not rows:
+        raise ValueError(f"{path}: no step rows")
+    return sorted(rows.values(), key=lambda row: row["step"])
+
+
+SB_CHECKPOINT_OPTIONS = {"ckpt_interval_minutes": "ckpt_every_minutes",
+                         "ckpt_interval_steps": "ckpt_every_steps"}
+
+
+def refuse_sb_checkpoint_options(hparams: Mapping | None, run_opts: Any) -> None:
+    """Refuse SpeechBrain's ``ckpt_interval_minutes`` / ``ckpt_interval_steps`` (command line
+    or YAML) when set: :class:`RobustBrain` checkpoints with ``ckpt_every_minutes`` and
+    ``ckpt_every_steps``, which may both be set.
+
+    Example
+    -------
+    >>> refuse_sb_checkpoint_options({}, {"ckpt_interval_steps": 0})
+    >>> refuse_sb_checkpoint_options({}, {"ckpt_interval_steps": 50})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --ckpt_interval_steps is not used by this recipe: use --ckpt_every_steps=50 ...
+    """
+    options = dict(run_opts.items()) if run_opts is not None else {}
+    for name, ours in SB_CHECKPOINT_OPTIONS.items():
+        value = options.get(name) or (hparams or {}).get(name) or 0
+        if float(value) != 0:
+            raise ValueError(
+                f"--{name} is not used by this recipe: use --{ours}={value} (checkpoints every "
+                "ckpt_every_minutes minutes and every ckpt_every_steps optimizer steps; 0 turns "
+                "either off)"
+            )
+
+
+class RobustBrain(GuardedBrain):
+    """:class:`GuardedBrain` with time-and-step checkpoints, RNG checkpointing and a step log.
+
+    Hyperparameters read (all required in the YAML): ``ckpt_every_minutes``,
+    ``ckpt_every_steps``, ``num_checkpoints_to_keep``, ``log_interval`` (applied optimizer steps
+    between rows of ``step_log``), ``step_log`` (a :class:`StepLog`) and ``tensorboard_logger``
+    (a ``TensorboardLogger`` or ``null``). Subclasses add values to the step log with
+    :meth:`extra_step_stats`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        refuse_sb_checkpoint_options(kwargs.get("hparams"), kwargs.get("run_opts"))
+        super().__init__(*args, **kwargs)
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("rng", RNGState())
-        self._bad_group = False
         self._last_ckpt_step = 0
         self._last_log_time = time.perf_counter()
 
-    # ------------------------------------------------------------------ DDP
     def on_fit_start(self) -> None:
-        """Turn on ``find_unused_parameters`` under DDP when a module drops layers, then
-        SpeechBrain's start (wrap, optimiser, recover)."""
-        drops_layers = any(
-            getattr(module, "layerdrop_prob", 0.0) > 0.0 for module in self.modules.modules()
-        )
-        if self.distributed_launch and drops_layers and not self.find_unused_parameters:
-            logger.warning("layer drop leaves parameters unused: enabling find_unused_parameters")
-            self.find_unused_parameters = True
+        """SpeechBrain's start, then count checkpoint intervals from the recovered step."""
         super().on_fit_start()
         self._last_ckpt_step = self.optimizer_step
+        self._last_log_time = time.perf_counter()
 
-    # ------------------------------------------------------------------ steps
-    def fit_batch(self, batch: Any) -> torch.Tensor:
-        """Forward, backward, and (every ``grad_accumulation_factor`` batches) a guarded step."""
-        should_step = self.step % self.grad_accumulation_factor == 0
-        self.on_fit_batch_start(batch, should_step)
-        with self.no_sync(not should_step):
-            with self.training_ctx:
-                outputs = self.compute_forward(batch, sb.Stage.TRAIN)
-                objectives = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
-            loss = objectives["loss"]
-            if not torch.isfinite(loss.detach()).all():
-                self._bad_group = True
-            self.scaler.scale(loss / self.grad_accumulation_factor).backward()
-        if should_step:
-            stepped = self.optimizers_step()
-            if stepped:
-                self.on_optimizer_step(objectives)
-        return loss.detach().cpu()
-
-    def optimizers_step(self) -> bool:
-        """Unscale, clip, and step unless a loss or gradient of this accumulation group is not
-        finite on any rank. Returns whether the parameters were updated."""
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for group in self.optimizer.param_groups for p in group["params"]],
-            self.max_grad_norm,
-        )
-        # With fp16 the GradScaler itself skips overflowing steps and lowers its scale.
-        bad_grads = not self.scaler.is_enabled() and not torch.isfinite(grad_norm)
-        bad = torch.tensor(float(self._bad_group or bad_grads), device=self.device)
-        if is_distributed_initialized():
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        self._bad_group = False
-        if bool(bad):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()
-            self.nonfinite_count += 1
-            logger.warning(
-                "skipped optimizer step %d: non-finite loss or gradient (%d skipped this epoch)",
-                self.optimizer_step + 1, self.nonfinite_count,
-            )
-            if self.nonfinite_count > self.nonfinite_patience:
-                raise NonFiniteLossError(
-                    f"{self.nonfinite_count} optimizer steps had a non-finite loss or gradient "
-                    f"this epoch, more than nonfinite_patience={self.nonfinite_patience}: "
-                    "stopping. Check the data and lower the learning rate."
-                )
-            return False
-        self.before_optimizer_update()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.optimizer_step += 1
-        self._grad_norm = float(grad_norm)
-        return True
-
-    def before_optimizer_update(self) -> None:
-        """Called just before ``optimizer.step()`` (e.g. to set the learning rate)."""
-
-    def on_optimizer_step(self, objectives: dict[str, torch.Tensor]) -> None:
-        """Called after each optimizer update: logs every ``log_interval`` steps."""
+    # ------------------------------------------------------------------ step log
+    def on_fit_batch_end(
+        self, batch: Any, outputs: Any, loss: torch.Tensor, should_step: bool
+    ) -> None:
+        """Every ``log_interval`` applied optimizer steps, write a row of the step log (and
+        TensorBoard)."""
+        if not (should_step and self.step_applied):
+            return
         if self.optimizer_step % self.hparams.log_interval != 0:
             return
         now = time.perf_counter()
-        stats = {key: float(value.detach()) for key, value in objectives.items()}
-        stats.update(self.extra_step_stats())
+        stats = {"loss": float(loss.detach()), **self.extra_step_stats()}
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
-        stats["grad_norm"] = self._grad_norm
+        stats["grad_norm"] = self.grad_norm
         stats["seconds_per_step"] = (now - self._last_log_time) / self.hparams.log_interval
         if torch.cuda.is_available() and self.device_type == "cuda":
             stats["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         else:
             stats["peak_memory_gib"] = peak_rss_gib()
+        stats["nonfinite_skipped"] = self.nonfinite_count
         self._last_log_time = now
-        # SpeechBrain's loggers write on the main process only and synchronise all ranks, so
-        # every rank calls them.
-        meta = {"step": self.optimizer_step}
-        self.hparams.train_steps_logger.log_stats(stats_meta=meta, train_stats=stats)
+        self.hparams.step_log.write({"step": self.optimizer_step, **stats})
         if self.hparams.tensorboard_logger is not None:
-            self.hparams.tensorboard_logger.log_stats(stats_meta=meta, train_stats=stats)
+            self.hparams.tensorboard_logger.log_stats(
+                stats_meta={"step": self.optimizer_step}, train_stats=stats
+            )
 
     def extra_step_stats(self) -> dict[str, float]:
         """More values for the step log (override)."""

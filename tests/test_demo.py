@@ -69,13 +69,13 @@ def test_report_numbers_are_the_stages_numbers(demo):
         assert row["IEMOCAP acc. (mean of folds)"] == metrics("iemocap", model)["mean"][
             "emo_accuracy"]
         assert row["VoxCeleb EER"] == metrics("voxceleb", model)["test"]["EER"]
-        log = (out / "pretrain" / model / "train_steps_log.txt").read_text().splitlines()
-        seconds = [line.split("seconds_per_step: ")[1].split(",")[0] for line in log]
-        assert len(seconds) == 6
-        learning_rates = [float(line.split("train lr: ")[1].split(",")[0]) for line in log]
+        log = (out / "pretrain" / model / "train_steps.jsonl").read_text().splitlines()
+        steps = [json.loads(line) for line in log]
+        assert [step["step"] for step in steps] == [1, 2, 3, 4, 5, 6]
+        learning_rates = [step["lr"] for step in steps]
         assert min(learning_rates) >= 0.0 and learning_rates[-1] == 0.0, learning_rates
         assert row["pre-training s/step"] == pytest.approx(
-            sorted(float(s) for s in seconds[1:])[2])
+            sorted(step["seconds_per_step"] for step in steps[1:])[2])
     assert rows["SummaryMixing"]["encoder params (M)"] < rows["regularMHA"]["encoder params (M)"]
 
 

@@ -1,6 +1,6 @@
 """End-to-end runs of the four downstream recipes on the mini corpora (CPU, tiny encoder).
 
-The encoder is a randomly initialised tiny ``W2V2Encoder`` exported with ``save_pretrained``:
+The encoder is a randomly initialised tiny ``W2V2Encoder`` exported with ``export_encoder``:
 learning is what the heads do, and the softmax layer sum includes the input embeddings (front
 end output), which carry the prosody, speaker and phonetic cues the mini corpora are built on.
 Runs use one intra-op thread: the tiny LSTMs are an order of magnitude slower with two threads
@@ -16,19 +16,19 @@ import shutil
 from pathlib import Path
 
 import pytest
+import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
+from tiny_models import tiny_export
 
 from data_prep.iemocap import prepare_iemocap
 from recipes.iemocap.train import dataio_prepare, prepare_speaker_folds, run_fold
-from summarymixing.export import load_pretrained, save_pretrained
-from summarymixing.w2v2.encoder import build_encoder
+from summarymixing.downstream.classification import ClassificationBrain
+from summarymixing.export import load_pretrained
+from summarymixing.training import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_ARCH = {
-    "n_mels": 40, "cnn_channels": [32, 32], "d_model": 32, "num_layers": 2, "nhead": 4,
-    "d_ffn": 64, "conv_kernel_size": 3, "local_proj_hid_dim": [32], "summary_hid_dim": [32],
-}
+NUM_LAYERS = 2
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,8 +42,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("encoder") / "tiny_w2v2.pt"
-    return save_pretrained(build_encoder(TINY_ARCH), TINY_ARCH, path)
+    return tiny_export(tmp_path_factory.mktemp("encoder") / "tiny_w2v2", num_layers=NUM_LAYERS)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,7 @@ def check_outputs(folder: Path) -> dict:
     log = (folder / "train_log.txt").read_text()
     assert "epoch: 1" in log and "test" in log
     assert (folder / "layer_weights.png").read_bytes()[:4] == b"\x89PNG"
-    assert len(metrics["layer_weights"]) == TINY_ARCH["num_layers"] + 1
+    assert len(metrics["layer_weights"]) == NUM_LAYERS + 1
     assert sum(metrics["layer_weights"]) == pytest.approx(1.0, abs=1e-5)
     return metrics
 
@@ -164,6 +163,69 @@ def test_frozen_mode_freezes_and_fine_tuning_updates(tiny_encoder, iemocap_manif
     assert changed_parameters(tuned["pretrained"], tiny_encoder) > 0
 
 
+@pytest.mark.parametrize("freeze_encoder", [True, False])
+def test_a_nan_utterance_never_reaches_the_weights(tiny_encoder, iemocap_manifests, tmp_path,
+                                                   freeze_encoder):
+    """A training utterance with NaN samples: its step is skipped and counted, every weight
+    (head, layer weights with their own optimizer, fine-tuned encoder) stays finite; past the
+    patience, training stops naming it."""
+    hparams = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "run",
+                                   freeze_encoder=freeze_encoder, encoder_lr=0.001)
+    datasets, label_encoders = dataio_prepare(hparams)
+    poisoned = datasets["train"].data_ids[3]
+
+    class PoisonedBrain(ClassificationBrain):
+        def compute_forward(self, batch, stage):
+            if stage == sb.Stage.TRAIN and poisoned in batch.id:
+                batch.sig.data[batch.id.index(poisoned)] = float("nan")
+            return super().compute_forward(batch, stage)
+
+    def brain(hparams: dict, **run_opts: object) -> PoisonedBrain:
+        return PoisonedBrain(
+            modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+            run_opts={"device": "cpu", **run_opts}, checkpointer=hparams["checkpointer"],
+            label_encoders=label_encoders,
+        )
+
+    trained = brain(hparams)
+    trained.fit_and_test(datasets)
+    assert trained.nonfinite_count == 1 and trained.optimizer_step > 0
+    assert set(trained.optimizers_dict) == {"head", "weights"} | (
+        set() if freeze_encoder else {"encoder"})
+    for name, param in [*trained.modules.named_parameters(),
+                        *hparams["pretrained"].named_parameters()]:
+        assert torch.isfinite(param).all(), name
+    assert (changed_parameters(hparams["pretrained"], tiny_encoder) > 0) != freeze_encoder
+
+    stopped = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "stopped",
+                                   freeze_encoder=freeze_encoder, encoder_lr=0.001)
+    with pytest.raises(NonFiniteLossError, match=rf"nonfinite_patience=0.*{poisoned}"):
+        brain(stopped, nonfinite_patience=0).fit_and_test(datasets)
+
+
+def test_speechbrain_checkpoint_interval_applies_downstream(tiny_encoder, iemocap_manifests,
+                                                            tmp_path):
+    """Downstream recipes keep SpeechBrain's ``--ckpt_interval_steps`` (pre-training refuses it
+    for its own ``ckpt_every_steps``, see tests/test_training.py)."""
+    hparams = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path)
+    datasets, label_encoders = dataio_prepare(hparams)
+    saved_at = []
+
+    class Recording(ClassificationBrain):
+        def _save_intra_epoch_ckpt(self):
+            super()._save_intra_epoch_ckpt()
+            saved_at.append(self.optimizer_step)
+
+    brain = Recording(
+        modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+        run_opts={"device": "cpu", "ckpt_interval_steps": 2},
+        checkpointer=hparams["checkpointer"], label_encoders=label_encoders,
+    )
+    brain.fit_and_test(datasets)
+    batches = -(-len(datasets["train"]) // hparams["batch_size"])  # one epoch
+    assert batches >= 2 and saved_at == list(range(2, batches + 1, 2))
+
+
 def test_cached_features_train_the_same_head(tiny_encoder, iemocap_manifests, tmp_path):
     hparams = load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path / "cached",
                                    cache_features=True, feat_augment=None, number_of_epochs=3)
@@ -185,11 +247,11 @@ def test_cache_refuses_waveform_augmentation(tiny_encoder, iemocap_manifests, tm
 
 
 def test_wrong_architecture_and_missing_encoder(tiny_encoder, iemocap_manifests, tmp_path):
-    with pytest.raises(ValueError, match="key 'd_model': expected 64, found 32"):
+    with pytest.raises(ValueError, match="key 'context.d_model': expected 64, found 32"):
         load_iemocap_hparams(tiny_encoder, iemocap_manifests, tmp_path,
                              expected_arch={"d_model": 64})
-    with pytest.raises(FileNotFoundError, match="no_model.pt"):
-        load_iemocap_hparams(tmp_path / "no_model.pt", iemocap_manifests, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no_model"):
+        load_iemocap_hparams(tmp_path / "no_model", iemocap_manifests, tmp_path)
 
 
 def test_unseen_label_and_empty_manifest(tiny_encoder, iemocap_manifests, tmp_path):

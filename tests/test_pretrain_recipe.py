@@ -18,7 +18,8 @@ from hyperpyyaml import load_hyperpyyaml
 from data_prep.audio import AudioReadError
 from summarymixing.export import load_pretrained
 from summarymixing.export import main as export_main
-from summarymixing.training import NonFiniteLossError
+from summarymixing.inference import W2V2Features
+from summarymixing.training import NonFiniteLossError, read_step_log
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI_YAML = ROOT / "hparams" / "pretrain" / "mini_summarymixing_w2v2.yaml"
@@ -44,12 +45,7 @@ def mini_argv(manifests: Path, out: Path, *extra: str) -> list[str]:
 
 
 def step_log(out: Path) -> list[dict[str, float]]:
-    rows = []
-    for line in (out / "train_steps_log.txt").read_text().splitlines():
-        row = {"step": float(re.match(r"step: (\d+)", line).group(1))}
-        row.update({k: float(v) for k, v in re.findall(r"train (\w+): ([-+.\de]+|nan)", line)})
-        rows.append(row)
-    return rows
+    return read_step_log(out / "train_steps.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +86,60 @@ def test_mini_pretraining_learns(mini_run) -> None:
     assert rows[-1]["temperature"] < rows[0]["temperature"]
     assert all(torch.isfinite(p).all() for p in brain.hparams.model.parameters())
     assert len(list((out / "save").glob("CKPT+*"))) >= 1
-    assert (out / "encoder.pt").is_file()
+    assert sorted(p.name for p in (out / "encoder").iterdir()) == ["encoder.ckpt",
+                                                                    "hyperparams.yaml"]
     assert "valid accuracy" in (out / "train_log.txt").read_text()
 
 
 def test_checkpoint_and_export_give_the_trained_encoder(mini_run, tmp_path: Path) -> None:
     brain, out = mini_run
     trained = brain.hparams.model.encoder.eval()
-    exported = export_main([str(out / "save"), str(tmp_path / "from_ckpt.pt")])
+    exported = export_main([str(out / "save"), str(tmp_path / "from_ckpt")])
+    newest = max((out / "save").glob("CKPT+*"), key=lambda p: p.stat().st_mtime)
     wavs, lens = torch.randn(2, 24000), torch.tensor([1.0, 0.75])
     with torch.no_grad():
         reference = trained(wavs, lens)
-        for source in (out / "encoder.pt", out / "save", exported):
-            loaded = load_pretrained(source, expected_arch={"d_model": 64})
+        for source in (out / "encoder", out / "save", newest, exported):
+            loaded = load_pretrained(source, expected_arch={"d_model": 64, "num_layers": 2})
             for expected, found in zip(reference, loaded(wavs, lens), strict=True):
                 assert torch.equal(expected, found), source
+        features = W2V2Features.from_hparams(source=str(out / "encoder"))
+        for expected, found in zip(reference, features.encode_batch(wavs, lens), strict=True):
+            torch.testing.assert_close(found, expected, atol=1e-5, rtol=1e-5)  # other kernels
+
+
+def yaml_variant(tmp_path: Path, old: str, new: str) -> Path:
+    """The mini YAML with one text edit (what a user does to change the architecture)."""
+    text = MINI_YAML.read_text()
+    assert old in text
+    path = tmp_path / "variant.yaml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_a_transformer_w2v2_is_a_yaml_edit(recipe: ModuleType, manifests: Path,
+                                           tmp_path: Path) -> None:
+    variant = yaml_variant(tmp_path, "context: !new:summarymixing.ConformerEncoder\n",
+                           "context: !new:summarymixing.TransformerEncoder\n")
+    variant.write_text(re.sub(r"\n    kernel_size: \d+", "", variant.read_text()))
+    argv = mini_argv(manifests, tmp_path / "run", "--optimizer_step_limit", "2")
+    argv[0] = str(variant)
+    brain = recipe.main(argv)
+    assert brain.optimizer_step == 2
+    loaded = load_pretrained(tmp_path / "run" / "encoder", expected_arch={"num_layers": 2})
+    assert type(loaded.context).__name__ == "TransformerEncoder"
+
+
+def test_resuming_another_architecture_is_refused_before_loading(
+    recipe: ModuleType, manifests: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    recipe.main(mini_argv(manifests, out, "--optimizer_step_limit", "1"))
+    variant = yaml_variant(tmp_path, "    d_ffn: 128\n", "    d_ffn: 96\n")
+    argv = mini_argv(manifests, out, "--optimizer_step_limit", "1")
+    argv[0] = str(variant)
+    with pytest.raises(ValueError, match="for key 'context.d_ffn': expected 96, found 128"):
+        recipe.main(argv)
 
 
 class KilledError(Exception):
@@ -137,10 +172,14 @@ def test_resume_matches_an_uninterrupted_run(
     # agree to the last digit (one unit apart when rounding-level noise crosses a boundary)...
     for straight_row, resumed_row in zip(step_log(tmp_path / "straight"),
                                          step_log(tmp_path / "resumed"), strict=True):
-        for key in ("loss", "accuracy", "diversity_loss", "lr", "temperature"):
+        for key in ("loss", "diversity_loss", "lr", "temperature"):
             a, b = straight_row[key], resumed_row[key]
             unit = 10 ** (math.floor(math.log10(abs(a))) - 2) if a else 0.0
             assert abs(a - b) <= 1.0001 * unit, (straight_row["step"], key, a, b)
+        # The accuracy counts masked frames (about 160 per step): rounding-level noise can flip
+        # the arg-max of one frame near a tie (seen in about 1 run of 4), not of two.
+        a, b = straight_row["accuracy"], resumed_row["accuracy"]
+        assert abs(a - b) <= 0.01, (straight_row["step"], "accuracy", a, b)
     # ...and the weights agree up to float rounding: CPU kernels are not bit-reproducible from
     # one call to the next, and Adam turns rounding-level gradients of near-zero entries into
     # steps of up to the learning rate, so compare each tensor's relative distance.

@@ -34,6 +34,7 @@ from hyperpyyaml import load_hyperpyyaml
 from data_prep.files import atomic_write_text
 from data_prep.mini import build_mini_corpora
 from summarymixing import comparison
+from summarymixing.training import read_step_log
 
 logger = logging.getLogger(__name__)
 
@@ -164,13 +165,14 @@ def run_demo(hparams: dict, device: str) -> dict:
             progress(f"{task} with the {attention_type} encoder")
             arguments = {
                 "data_folder": str(corpora / config["corpus"]),
-                "pretrained_path": str(out / "pretrain" / attention_type / "encoder.pt"),
+                "pretrained_path": str(out / "pretrain" / attention_type / "encoder"),
                 "output_folder": str(out / task / attention_type), **common,
                 **config["overrides"],
             }
+            weights = Path(arguments["pretrained_path"]) / "encoder.ckpt"
             run_stage(f"{task} ({attention_type})",
                       recipe_command(f"recipes/{task}/train.py", config["hparams"], arguments),
-                      out / task / attention_type, inputs=(Path(arguments["pretrained_path"]),))
+                      out / task / attention_type, inputs=(weights,))
             done += 1
 
     progress("pre-training step benchmark")
@@ -203,7 +205,7 @@ def write_report(hparams: dict, rows: dict, benchmark_plot: Path) -> None:
     plots.mkdir(parents=True, exist_ok=True)
     models, tasks = hparams["attention_types"], list(hparams["downstream"])
     comparison.plot_curves(
-        {m: comparison.read_step_log(out / "pretrain" / m / "train_steps_log.txt") for m in models},
+        {m: read_step_log(out / "pretrain" / m / "train_steps.jsonl") for m in models},
         plots / "pretraining_curves.png",
     )
     comparison.plot_layer_weights(

@@ -15,7 +15,8 @@ The model is ``summarymixing.w2v2.W2V2Pretrainer`` (filterbank front end, contex
 SpeechBrain's Gumbel quantiser); the objective is SpeechBrain's contrastive loss plus the
 diversity loss. The training loop (non-finite-step skipping, checkpoints by minutes and steps,
 RNG state, step logs) is ``summarymixing.training.RobustBrain``. At the end the encoder is
-exported with its architecture to ``<output_folder>/encoder.pt`` (``summarymixing.export``).
+exported to ``<output_folder>/encoder`` (``hyperparams.yaml`` + ``encoder.ckpt``, see
+``summarymixing.export``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from data_prep.audio import read_audio
 from data_prep.librilight import prepare_librilight
-from summarymixing.export import save_pretrained
+from summarymixing.export import export_encoder
 from summarymixing.recipe import load_recipe
 from summarymixing.training import RobustBrain
 from summarymixing.w2v2.pretrain import (
@@ -55,22 +56,18 @@ class W2V2Brain(RobustBrain):
 
     def compute_objectives(
         self, predictions: dict[str, Any], batch: tuple, stage: sb.Stage
-    ) -> dict[str, torch.Tensor]:
-        """Contrastive loss, accuracy, diversity loss and perplexities."""
+    ) -> torch.Tensor:
+        """The loss; the contrastive loss, accuracy, diversity loss and perplexities are kept for
+        the step log (training) or the epoch's validation statistics."""
         objectives = w2v2_objectives(
             predictions, self.hparams.loss, self.hparams.num_negatives,
             self.hparams.diversity_loss_weight,
         )
-        if stage != sb.Stage.TRAIN:
+        if stage == sb.Stage.TRAIN:
+            self.train_objectives = objectives
+        else:
             self.valid_stats.append(objectives)
-        return objectives
-
-    @torch.no_grad()
-    def evaluate_batch(self, batch: tuple, stage: sb.Stage) -> torch.Tensor:
-        """Validation loss of one batch."""
-        with self.evaluation_ctx:
-            outputs = self.compute_forward(batch, stage)
-            return self.compute_objectives(outputs, batch, stage)["loss"].detach().cpu()
+        return objectives["loss"]
 
     @property
     def quantiser(self) -> torch.nn.Module:
@@ -91,18 +88,25 @@ class W2V2Brain(RobustBrain):
             )
         self.quantiser.update_temp(self.optimizer_step)
 
-    def before_optimizer_update(self) -> None:
-        """Learning rate of the coming step (warm-up starts above zero)."""
-        self.hparams.lr_scheduler(self.optimizer, self.optimizer_step + 1)
+    def on_fit_batch_start(self, batch: tuple, should_step: bool) -> None:
+        """On the batch that ends an accumulation group, set the learning rate of the coming
+        optimizer step (warm-up starts above zero)."""
+        super().on_fit_batch_start(batch, should_step)
+        if should_step:
+            self.hparams.lr_scheduler(self.optimizer, self.optimizer_step + 1)
 
-    def on_optimizer_step(self, objectives: dict[str, torch.Tensor]) -> None:
-        """Anneal the Gumbel temperature, then log."""
-        self.quantiser.update_temp(self.optimizer_step)
-        super().on_optimizer_step(objectives)
+    def on_fit_batch_end(
+        self, batch: tuple, outputs: dict[str, Any], loss: torch.Tensor, should_step: bool
+    ) -> None:
+        """After an applied optimizer step, anneal the Gumbel temperature; then log."""
+        if should_step and self.step_applied:
+            self.quantiser.update_temp(self.optimizer_step)
+        super().on_fit_batch_end(batch, outputs, loss, should_step)
 
     def extra_step_stats(self) -> dict[str, float]:
-        """The Gumbel temperature."""
-        return {"temperature": float(self.quantiser.curr_temp)}
+        """The objectives of the step's last batch and the Gumbel temperature."""
+        stats = {key: float(value.detach()) for key, value in self.train_objectives.items()}
+        return {**stats, "temperature": float(self.quantiser.curr_temp)}
 
     def on_stage_start(self, stage: sb.Stage, epoch: int | None = None) -> None:
         """Reset the validation statistics."""
@@ -218,7 +222,7 @@ def main(argv: list[str]) -> W2V2Brain:
         train_loader_kwargs=train_kwargs, valid_loader_kwargs=valid_kwargs,
     )
     if if_main_process():
-        save_pretrained(hparams["model"].encoder, hparams["arch"], hparams["export_path"])
+        export_encoder(hparams["model"].encoder, hparams["export_folder"])
     return brain
 
 

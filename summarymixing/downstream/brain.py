@@ -1,6 +1,9 @@
 """The ``sb.Brain`` base class of the four downstream recipes.
 
-:class:`DownstreamBrain` turns a batch into head inputs (encoder or cached features, then the
+:class:`DownstreamBrain` is a :class:`summarymixing.training.GuardedBrain`: a training step with
+a non-finite loss or gradient (a NaN-sample utterance) is skipped on every rank, frozen or
+fine-tuned, counted, and past ``--nonfinite_patience`` training stops naming the batch's
+utterance ids. It turns a batch into head inputs (encoder or cached features, then the
 weighted layer sum), handles the frozen / fine-tuned protocol (a separate optimizer and learning
 rate for the encoder, paused for the first steps), checkpoints, logs every epoch, and writes the
 test metrics JSON and the layer-weights PNG. A recipe subclass writes ``compute_forward`` /
@@ -48,6 +51,7 @@ from speechbrain.utils.distributed import run_on_main
 
 from summarymixing.downstream.data import loader_options
 from summarymixing.downstream.reporting import plot_layer_weights, write_metrics
+from summarymixing.training import GuardedBrain
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ def anneal(scheduler: object, epoch: int, metric: float) -> tuple[float, float]:
     return scheduler(epoch)
 
 
-class DownstreamBrain(sb.Brain):
+class DownstreamBrain(GuardedBrain):
     """Shared training logic of the downstream recipes (see the module docstring).
 
     Subclasses set :attr:`checkpoint_metric` (the validation statistic that selects the best
@@ -235,6 +239,7 @@ class DownstreamBrain(sb.Brain):
 
     def on_fit_batch_start(self, batch: sb.dataio.batch.PaddedBatch, should_step: bool) -> None:
         """Pause or resume a fine-tuned encoder according to the step count."""
+        super().on_fit_batch_start(batch, should_step)
         if not self.extractor.freeze:
             self.extractor.set_frozen(self.encoder_paused())
 
