@@ -7,7 +7,7 @@ import torch
 from speechbrain.nnet.activations import Swish
 from tiny_models import tiny_encoder
 
-from summarymixing.w2v2 import FbankFrontEnd
+from summarymixing.w2v2 import FbankFrontEnd, W2V2Encoder
 
 
 @pytest.mark.parametrize("attention_type", ["SummaryMixing", "regularMHA"])
@@ -93,3 +93,19 @@ def test_summary_mixing_options_of_the_architecture() -> None:
         assert cell.dropout == 0.1 and cell.summary_dropout == "utterance"
     with pytest.raises(ValueError, match="unknown SummaryMixing option 'summary_activation'"):
         tiny_encoder(summary_activation=torch.nn.GELU)
+
+
+def test_utterances_longer_than_the_positional_table_are_encoded() -> None:
+    """Past max_positions the same sinusoids are computed on the fly: an encoder with a short
+    table gives what one with a long table gives."""
+    torch.manual_seed(0)
+    short = tiny_encoder().eval()
+    short.max_positions = 20
+    long_table = W2V2Encoder(short.frontend, short.context, d_model=32, max_positions=400)
+    long_table.load_state_dict(
+        {k: v for k, v in short.state_dict().items() if "positional" not in k}, strict=False
+    )
+    wavs = torch.randn(1, 16000)  # 48 frames > 20
+    with torch.no_grad():
+        for a, b in zip(short(wavs), long_table.eval()(wavs), strict=True):
+            torch.testing.assert_close(a, b)

@@ -48,7 +48,8 @@ class W2V2Encoder(RecordsArguments, nn.Module):
     dropout_encoder_input : float
         Dropout on the projected latents.
     max_positions : int
-        Longest sequence of latent frames the positional encoding covers.
+        Latent frames of the stored positional table (3500: 70 s); longer inputs get the
+        same sinusoids computed for their length.
 
     Example
     -------
@@ -91,11 +92,6 @@ class W2V2Encoder(RecordsArguments, nn.Module):
     ) -> torch.Tensor:
         """Project latents ``(B, T, C)`` to ``(B, T, D)``, replace the frames where ``mask``
         ``(B, T)`` is ``True`` by the learnt mask embedding, and add positions."""
-        if latents.shape[1] > self.max_positions:
-            raise ValueError(
-                f"expected at most max_positions={self.max_positions} latent frames, "
-                f"got {latents.shape[1]}"
-            )
         embeddings = self.dropout_encoder_input(self.input_projector(latents))  # (B, T, D)
         if mask is not None:
             if mask.shape != embeddings.shape[:2]:
@@ -105,7 +101,11 @@ class W2V2Encoder(RecordsArguments, nn.Module):
                 )
             mask_emb = self.mask_emb.to(embeddings.dtype)
             embeddings = torch.where(mask.unsqueeze(-1), mask_emb, embeddings)
-        return embeddings + self.positional_encoding(embeddings)
+        if embeddings.shape[1] <= self.max_positions:
+            return embeddings + self.positional_encoding(embeddings)
+        # Longer than the stored table: the same sinusoids, computed for this length.
+        longer = PositionalEncoding(self.d_model, max_len=embeddings.shape[1])
+        return embeddings + longer.to(embeddings.device)(embeddings)
 
     def encode(
         self,
