@@ -9,6 +9,7 @@ Example
 torch.Size([2, 9, 16])
 """
 
+from summarymixing.branchformer import BranchformerEncoder
 from summarymixing.cell import MODES, SummaryMixing
 from summarymixing.encoders import ConformerEncoder, MixerEncoder, TransformerEncoder
 from summarymixing.mixers import (
@@ -21,6 +22,7 @@ from summarymixing.mixers import (
 __all__ = [
     "ATTENTION_TYPES",
     "MODES",
+    "BranchformerEncoder",
     "ConformerEncoder",
     "MixerEncoder",
     "MultiheadSDPA",

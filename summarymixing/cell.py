@@ -34,8 +34,18 @@ Modes (as the authors define them):
 Padding follows SpeechBrain: ``key_padding_mask`` is ``True`` at padded frames. Unlike the
 published implementation, which multiplied by that mask as if ``True`` meant "valid" (so every
 utterance without padding came out NaN), padded frames are excluded from the mean here and an
-utterance without padding is unaffected; chunked or causal summaries (``attn_mask``) also
-exclude padding from their denominator.
+utterance without padding is unaffected; chunked or causal summaries also exclude padding from
+their denominator.
+
+Chunked and causal summaries (streaming): with ``dynchunktrain_config`` (SpeechBrain's
+``DynChunkTrainConfig``: chunk size ``C`` in frames, left context ``L`` in chunks, ``None`` =
+unlimited), frame ``t`` in chunk ``n = t // C`` averages the valid frames of chunks
+``n - L .. n`` (its own chunk entirely, the ``L`` previous chunks, nothing later): the frames
+SpeechBrain's chunk mask (``make_transformer_src_mask``) lets attention see. ``C = 1``,
+``L = None`` is the causal summary (the mean of frames ``1 .. t``). They are computed from
+cumulative sums over chunks in ``O(T)`` time and memory (``chunked_masked_mean``);
+``forward_streaming`` computes the same chunk by chunk with a constant-size state
+(``SummaryStreamingState``). An arbitrary ``(T, T)`` ``attn_mask`` still works, in ``O(T^2)``.
 """
 
 from __future__ import annotations
@@ -43,9 +53,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -295,6 +307,7 @@ class SummaryMixing(nn.Module):
         attn_mask: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
         pos_embs: torch.Tensor | None = None,
+        dynchunktrain_config: DynChunkTrainConfig | None = None,
     ) -> tuple[torch.Tensor, None]:
         """Mix the frames of ``query``.
 
@@ -307,12 +320,19 @@ class SummaryMixing(nn.Module):
             See ``query``.
         attn_mask : torch.Tensor, optional
             Summary mask ``(T, T)``: row ``t`` selects the frames averaged into frame ``t``'s
-            summary (chunked or causal summaries for streaming). Boolean with ``True`` =
-            excluded, or additive float with ``-inf`` = excluded (SpeechBrain's conventions).
+            summary. Boolean with ``True`` = excluded, or additive float with ``-inf`` =
+            excluded (SpeechBrain's conventions). Any mask works, in ``O(T^2)``; chunked and
+            causal summaries are ``O(T)`` with ``dynchunktrain_config`` instead.
         key_padding_mask : torch.Tensor, optional
             ``(B, T)`` boolean, ``True`` at padded frames; padded frames never enter a summary.
         pos_embs : torch.Tensor, optional
             Unused (SummaryMixing has no positional term); accepted for compatibility.
+        dynchunktrain_config : DynChunkTrainConfig, optional
+            Chunked summaries: frame ``t`` averages its own chunk and the
+            ``left_context_size`` chunks before it (all of them when ``None``), the frames
+            SpeechBrain's Dynamic Chunk Training mask shows attention;
+            ``DynChunkTrainConfig(1, None)`` is the causal summary. Exclusive with
+            ``attn_mask``.
 
         Returns
         -------
@@ -324,21 +344,94 @@ class SummaryMixing(nn.Module):
         self._check_inputs(query, key, value)
         batch, time, _ = query.shape
         padding = self._check_padding(key_padding_mask, batch, time, query.device)
+        if dynchunktrain_config is not None:
+            if attn_mask is not None:
+                raise ValueError(
+                    "expected either attn_mask or dynchunktrain_config (chunked summaries), "
+                    "got both"
+                )
+            check_chunk_config(dynchunktrain_config)
         summary_weights = self._check_summary_mask(attn_mask, time, query)
 
+        local, summary_frames = self._branches(query)
+        if dynchunktrain_config is not None:
+            summary = chunked_masked_mean(
+                summary_frames, padding, dynchunktrain_config.chunk_size,
+                dynchunktrain_config.left_context_size,
+            )  # (B, T, S)
+        else:
+            summary = masked_mean(summary_frames, padding, summary_weights)  # (B, 1 or T, S)
+        return self._output(local, summary, time), None
+
+    def forward_streaming(
+        self, query: torch.Tensor, state: SummaryStreamingState
+    ) -> torch.Tensor:
+        """Mix the next chunk of a stream: the same output as ``forward`` with
+        ``dynchunktrain_config`` gives this chunk's frames, from the summary sums of the
+        previous chunks kept in ``state`` (updated in place).
+
+        Arguments
+        ---------
+        query : torch.Tensor
+            The chunk ``(B, C, D)``, no padding (every frame valid); the last chunk of a stream
+            may be shorter than the chunk size.
+        state : SummaryStreamingState
+            From :meth:`make_streaming_state`, passed again with every chunk of the stream.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, C, D)``.
+
+        Example
+        -------
+        >>> cell = SummaryMixing(d_model=8, nhead=2).eval()
+        >>> x = torch.randn(1, 6, 8)
+        >>> config = DynChunkTrainConfig(chunk_size=2, left_context_size=1)
+        >>> full, _ = cell(x, dynchunktrain_config=config)
+        >>> state = cell.make_streaming_state(config)
+        >>> chunks = [cell.forward_streaming(x[:, i : i + 2], state) for i in (0, 2, 4)]
+        >>> torch.allclose(torch.cat(chunks, dim=1), full, atol=1e-6)
+        True
+        """
+        self._check_inputs(query, None, None)
+        local, summary_frames = self._branches(query)
+        chunk_total = summary_frames.to(accumulation_dtype(query)).sum(dim=1, keepdim=True)
+        chunk_count = summary_frames.new_full((query.shape[0], 1, 1), query.shape[1])
+        total, count = state.add_chunk(chunk_total, chunk_count.to(chunk_total.dtype))
+        summary = (total / count.clamp(min=1.0)).to(summary_frames.dtype)  # (B, 1, S)
+        return self._output(local, summary, query.shape[1])
+
+    def make_streaming_state(
+        self, dynchunktrain_config: DynChunkTrainConfig
+    ) -> SummaryStreamingState:
+        """A blank streaming state for :meth:`forward_streaming` (chunk size and left context of
+        ``dynchunktrain_config``; the chunks passed must have that size, the last one excepted).
+        """
+        check_chunk_config(dynchunktrain_config)
+        return SummaryStreamingState(dynchunktrain_config.left_context_size)
+
+    def _branches(self, query: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(f(x_t) or None in lite mode, s(x_t))``: ``(B, T, L)``, ``(B, T, S)``."""
         if self.mode == "SummaryMixing-fast":
             joint = self.joint_proj(query)  # (B, T, L + S)
             local, summary_frames = joint.split([self.local_out_dim, self.summary_out_dim], -1)
-        else:
-            summary_frames = self.summary_proj(query)  # (B, T, S)
-            local = self.local_proj(query) if self.mode == "SummaryMixing" else None
-        summary = masked_mean(summary_frames, padding, summary_weights)  # (B, 1 or T, S)
+            return local, summary_frames
+        summary_frames = self.summary_proj(query)  # (B, T, S)
+        local = self.local_proj(query) if self.mode == "SummaryMixing" else None
+        return local, summary_frames
+
+    def _output(
+        self, local: torch.Tensor | None, summary: torch.Tensor, time: int
+    ) -> torch.Tensor:
+        """The cell's output ``(B, T, D)`` from the local branch and the summary
+        ``(B, 1 or T, S)``."""
         if local is None:
-            return summary.expand(batch, time, self.summary_out_dim), None
+            return summary.expand(summary.shape[0], time, self.summary_out_dim)
         if self.use_layernorm:
             local = self.local_norm(local)
             summary = self.summary_norm(summary)
-        return self._combine(local, summary), None
+        return self._combine(local, summary)
 
     def _combine(self, local: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         """``c(dropout([f(x_t); s_bar]))`` from ``local`` ``(B, T, L)`` and ``summary``
@@ -444,3 +537,120 @@ def masked_mean(
         total = torch.matmul(summary_weights, frames)  # (B, T, S)
         count = torch.matmul(summary_weights, valid)  # (B, T, 1)
     return total / count.clamp(min=1.0)
+
+
+def accumulation_dtype(frames: torch.Tensor) -> torch.dtype:
+    """The dtype summaries are accumulated in: float64 where the device has it (the chunked
+    path subtracts cumulative sums), else float32."""
+    return torch.float32 if frames.device.type == "mps" else torch.float64
+
+
+def check_chunk_config(config: DynChunkTrainConfig) -> None:
+    """Raise ``ValueError`` for a chunk size below 1 or a negative left context.
+
+    Example
+    -------
+    >>> check_chunk_config(DynChunkTrainConfig(0))
+    Traceback (most recent call last):
+    ...
+    ValueError: expected dynchunktrain_config.chunk_size >= 1, got 0
+    """
+    if config.chunk_size < 1:
+        raise ValueError(f"expected dynchunktrain_config.chunk_size >= 1, got {config.chunk_size}")
+    if config.left_context_size is not None and config.left_context_size < 0:
+        raise ValueError(
+            "expected dynchunktrain_config.left_context_size >= 0 or None, "
+            f"got {config.left_context_size}"
+        )
+
+
+def chunked_masked_mean(
+    frames: torch.Tensor,
+    padding: torch.Tensor | None,
+    chunk_size: int,
+    left_context_chunks: int | None = None,
+) -> torch.Tensor:
+    """Chunked mean in ``O(T)``: frame ``t`` of chunk ``n = t // chunk_size`` gets the mean of
+    the valid frames of chunks ``n - left_context_chunks .. n`` (``0 .. n`` when
+    ``left_context_chunks`` is ``None``), the frames SpeechBrain's Dynamic Chunk Training mask
+    (``make_transformer_src_mask``) selects, from cumulative sums over chunks (no ``(T, T)``
+    matrix).
+
+    Arguments
+    ---------
+    frames : torch.Tensor
+        ``(B, T, S)``.
+    padding : torch.Tensor, optional
+        ``(B, T)`` boolean, ``True`` at padded frames (excluded from sums and counts).
+    chunk_size : int
+        Chunk size ``C`` in frames (``1`` with ``left_context_chunks=None``: causal means).
+    left_context_chunks : int, optional
+        Chunks of left context; ``None``: all previous chunks.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, T, S)``; a frame with no valid frame to average gets zeros.
+
+    Example
+    -------
+    >>> frames = torch.tensor([[[1.0], [3.0], [5.0], [7.0], [9.0]]])
+    >>> chunked_masked_mean(frames, None, chunk_size=2, left_context_chunks=1).flatten().tolist()
+    [2.0, 2.0, 4.0, 4.0, 7.0]
+    >>> chunked_masked_mean(frames, None, chunk_size=1).flatten().tolist()
+    [1.0, 2.0, 3.0, 4.0, 5.0]
+    """
+    batch, time, size = frames.shape
+    dtype = accumulation_dtype(frames)
+    values = frames.to(dtype)
+    if padding is not None:
+        values = values.masked_fill(padding.unsqueeze(-1), 0.0)
+        valid = (~padding).unsqueeze(-1).to(dtype)  # (B, T, 1)
+    else:
+        valid = values.new_ones(batch, time, 1)
+    chunks = -(-time // chunk_size)
+    extra = chunks * chunk_size - time
+    chunk_totals = F.pad(values, (0, 0, 0, extra)).view(batch, chunks, chunk_size, size).sum(2)
+    chunk_counts = F.pad(valid, (0, 0, 0, extra)).view(batch, chunks, chunk_size, 1).sum(2)
+    totals = chunk_totals.cumsum(dim=1)  # (B, N, S): chunks 0 .. n
+    counts = chunk_counts.cumsum(dim=1)  # (B, N, 1)
+    window = None if left_context_chunks is None else left_context_chunks + 1
+    if window is not None and window < chunks:
+        # Chunks n - L .. n: the cumulative sum up to n less the one up to n - L - 1.
+        totals = torch.cat([totals[:, :window], totals[:, window:] - totals[:, :-window]], 1)
+        counts = torch.cat([counts[:, :window], counts[:, window:] - counts[:, :-window]], 1)
+    means = (totals / counts.clamp(min=1.0)).to(frames.dtype)  # (B, N, S)
+    return means.repeat_interleave(chunk_size, dim=1)[:, :time]  # (B, T, S)
+
+
+@dataclass
+class SummaryStreamingState:
+    """What :meth:`SummaryMixing.forward_streaming` keeps between chunks: the sums and counts of
+    ``s(x_t)`` over the left context, in constant memory.
+
+    With an unlimited left context (``left_context_chunks`` ``None``), one running sum and
+    count; with ``L`` chunks of left context, the sums and counts of the last ``L`` chunks.
+    """
+
+    left_context_chunks: int | None
+    """Chunks of left context, ``None`` = all."""
+
+    totals: list[torch.Tensor] = field(default_factory=list)
+    """Sums ``(B, 1, S)`` (accumulation dtype): the running sum, or one per kept chunk."""
+
+    counts: list[torch.Tensor] = field(default_factory=list)
+    """Frame counts ``(B, 1, 1)``, as ``totals``."""
+
+    def add_chunk(
+        self, total: torch.Tensor, count: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum and count over the left context and the new chunk (``total``, ``count``); then
+        keep what the next chunk needs."""
+        window_total = sum(self.totals, total)
+        window_count = sum(self.counts, count)
+        if self.left_context_chunks is None:
+            self.totals, self.counts = [window_total], [window_count]
+        elif self.left_context_chunks > 0:
+            self.totals = [*self.totals, total][-self.left_context_chunks :]
+            self.counts = [*self.counts, count][-self.left_context_chunks :]
+        return window_total, window_count

@@ -15,45 +15,66 @@ meaning, so switching SummaryMixing and multi-head self-attention is one YAML li
             local_proj_hid_dim: [768]
             summary_hid_dim: [768]
 
-Encoders take SpeechBrain's call signature ``forward(src, src_mask=None,
-src_key_padding_mask=None, pos_embs=None)`` (``True`` = padding) and, when built with
-``output_hidden_states=True``, also return the hidden state of every layer.
+Encoders have SpeechBrain's encoder interface: ``forward(src, src_mask=None,
+src_key_padding_mask=None, pos_embs=None, dynchunktrain_config=None)`` (``True`` = padding)
+returning ``(output, attentions)``, and, when built with ``output_hidden_states=True``,
+``(output, attentions, hidden_states)`` (SpeechBrain's ``TransformerASR`` unpacks two values: build
+its encoders with ``output_hidden_states=False``, the default). Dynamic Chunk Training
+(``dynchunktrain_config``) restricts every mixer to the frame's chunk and its left context
+(SummaryMixing in ``O(T)``, attention through SpeechBrain's chunk mask) and chunks the
+convolutions, so that no output depends on a later chunk; ``make_streaming_context`` and
+``forward_streaming`` then encode a stream chunk by chunk with the same result.
+SummaryMixing's streaming state is the sum and count of ``s(x_t)`` over its left context
+(constant size), attention's the left-context frames, a convolution's its last input frames.
+
+``BranchformerEncoder`` (``summarymixing.branchformer``) builds on the same stack.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from speechbrain.lobes.models.transformer.Conformer import (
     ConformerEncoderLayer,
     ConvolutionModule,
 )
 from speechbrain.lobes.models.transformer.Transformer import TransformerEncoderLayer
+from speechbrain.lobes.models.transformer.TransformerASR import make_transformer_src_mask
 from speechbrain.nnet.activations import Swish
-from speechbrain.nnet.attention import RelPosEncXL
+from speechbrain.nnet.attention import MultiheadAttention, RelPosEncXL
 from speechbrain.nnet.normalization import LayerNorm
+from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from summarymixing.architecture import RecordsArguments
+from summarymixing.cell import SummaryMixing, SummaryStreamingState, check_chunk_config
 from summarymixing.mixers import build_mixer, summary_mixing_options
+
+CAUSAL_SUMMARY = DynChunkTrainConfig(chunk_size=1, left_context_size=None)
 
 
 class PaddingSafeConvolutionModule(ConvolutionModule):
     """SpeechBrain's Conformer convolution module, with padded frames zeroed *before* the
-    depthwise convolution.
+    depthwise convolution, also in Dynamic Chunk Convolution.
 
     SpeechBrain masks only the module's output, so the convolution reads the padded frames of
     a batch and the last ``kernel_size // 2`` valid frames change with the amount of padding.
     Zeroing them at the convolution's input makes a padded utterance see exactly the zeros an
-    unpadded one sees.
+    unpadded one sees. With ``dynchunktrain_config`` each chunk is convolved with its
+    ``kernel_size // 2`` left frames and zeros on its right (Dynamic Chunk Convolution, as
+    SpeechBrain's module does), so no output reads a later chunk.
 
     Example
     -------
     >>> conv = PaddingSafeConvolutionModule(8, kernel_size=3)
     >>> conv(torch.randn(2, 5, 8), torch.zeros(2, 5, 1, dtype=torch.bool)).shape
+    torch.Size([2, 5, 8])
+    >>> conv(torch.randn(2, 5, 8), dynchunktrain_config=DynChunkTrainConfig(2)).shape
     torch.Size([2, 5, 8])
     """
 
@@ -61,22 +82,182 @@ class PaddingSafeConvolutionModule(ConvolutionModule):
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
-        dynchunktrain_config: object | None = None,
+        dynchunktrain_config: DynChunkTrainConfig | None = None,
     ) -> torch.Tensor:
-        """``x``: ``(B, T, D)``; ``mask``: ``(B, T, 1)``, ``True`` at padded frames."""
-        if dynchunktrain_config is not None or mask is None:
-            return super().forward(x, mask, dynchunktrain_config)
+        """``x``: ``(B, T, D)``; ``mask``: ``(B, T, 1)``, ``True`` at padded frames;
+        ``dynchunktrain_config``: chunked convolution (not with ``causal`` or dilation)."""
+        if dynchunktrain_config is not None and (self.causal or self.dilation != 1):
+            raise ValueError(
+                "Dynamic Chunk Convolution needs a non-causal convolution without dilation "
+                f"(causal={self.causal}, dilation={self.dilation})"
+            )
         out = self.bottleneck(self.layer_norm(x).transpose(1, 2))  # (B, D, T)
-        out = out.masked_fill(mask.transpose(1, 2), 0.0)
-        out = self.conv(out)
-        if self.causal:
-            out = out[..., : -self.padding]
+        if mask is not None:
+            out = out.masked_fill(mask.transpose(1, 2), 0.0)
+        if dynchunktrain_config is not None:
+            out = self._chunked_convolution(out, dynchunktrain_config.chunk_size)
+        else:
+            out = self.conv(out)
+            if self.causal and self.padding > 0:
+                out = out[..., : -self.padding]
         out = self.after_conv(out.transpose(1, 2))  # (B, T, D)
-        return out.masked_fill(mask, 0.0)
+        return out if mask is None else out.masked_fill(mask, 0.0)
+
+    def _chunked_convolution(self, x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """Depthwise convolution of ``x`` ``(B, D, T)`` chunk by chunk: each chunk with its
+        ``padding`` left frames (zeros before the first) and ``padding`` zeros on its right."""
+        batch, channels, time = x.shape
+        chunks = -(-time // chunk_size)
+        half = self.padding
+        padded = F.pad(x, (half, chunks * chunk_size - time))  # (B, D, half + N * C)
+        windows = padded.unfold(2, chunk_size + half, chunk_size)  # (B, D, N, half + C)
+        windows = F.pad(windows, (0, half))  # (B, D, N, half + C + half): the future is zero
+        windows = windows.transpose(1, 2).reshape(batch * chunks, channels, -1)
+        out = F.conv1d(
+            windows, self.conv.weight, self.conv.bias, groups=self.conv.groups
+        )  # (B * N, D, C)
+        out = out.unflatten(0, (batch, chunks)).permute(0, 2, 1, 3).flatten(2)  # (B, D, N * C)
+        return out[..., :time]
+
+
+@dataclass
+class MixerLayerStreamingContext:
+    """Streaming state of one layer (SpeechBrain's ``ConformerEncoderLayerStreamingContext``
+    with SummaryMixing's state added)."""
+
+    mha_left_context_size: int | None
+    """Attention mixers: frames of left context kept (``None``: all of them)."""
+
+    mha_left_context: torch.Tensor | None = None
+    """Attention mixers: the mixer inputs ``(B, <= mha_left_context_size, D)`` of the left
+    context."""
+
+    summary_state: SummaryStreamingState | None = None
+    """SummaryMixing: sums and counts of ``s(x_t)`` over the left context."""
+
+    dcconv_left_context: torch.Tensor | None = None
+    """The convolution's last input frames (its ``kernel_size // 2`` left context)."""
+
+    frames_seen: int = 0
+    """Frames of the stream already encoded by this layer."""
+
+
+@dataclass
+class MixerEncoderStreamingContext:
+    """Streaming state of an encoder (as SpeechBrain's ``ConformerEncoderStreamingContext``)."""
+
+    dynchunktrain_config: DynChunkTrainConfig
+    """Chunk size and left context."""
+
+    layers: list[MixerLayerStreamingContext]
+    """One context per layer."""
+
+    ended: bool = False
+    """A chunk shorter than the chunk size was encoded: it must have been the last."""
+
+
+def mix(
+    mixer: nn.Module,
+    x: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    pos_embs: torch.Tensor | None,
+    summary_chunks: DynChunkTrainConfig | None,
+) -> tuple[torch.Tensor, Any]:
+    """Call ``mixer`` on ``x`` ``(B, T, D)``; SummaryMixing also gets ``summary_chunks`` (its
+    ``O(T)`` chunked or causal summaries)."""
+    if isinstance(mixer, SummaryMixing):
+        return mixer(
+            x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+            dynchunktrain_config=summary_chunks,
+        )
+    if summary_chunks is not None:
+        raise ValueError("summary_chunks is for SummaryMixing; attention takes attn_mask")
+    if isinstance(mixer, MultiheadAttention) and attn_mask is not None and (
+        key_padding_mask is not None
+    ):
+        attn_mask = per_utterance_mask(
+            attn_mask, key_padding_mask, mixer.att.num_heads
+        ).to(x.dtype)
+        key_padding_mask = None
+    return mixer(
+        x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, pos_embs=pos_embs
+    )
+
+
+def per_utterance_mask(
+    attn_mask: torch.Tensor, key_padding_mask: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """``attn_mask`` ``(T, T)`` and ``key_padding_mask`` ``(B, T)`` as one additive mask
+    ``(B * num_heads, T, T)`` in which a padded frame that would see no frame at all (a chunk
+    past the end of its utterance) sees itself: ``torch.nn.MultiheadAttention`` gives such rows
+    NaN, whose gradient would reach the weights. Valid frames see what they saw.
+
+    Example
+    -------
+    >>> chunk_mask = torch.tensor([[False, True], [True, False]])  # chunks of 1, no left context
+    >>> per_utterance_mask(chunk_mask, torch.tensor([[False, True]]), 1)
+    tensor([[[0., -inf],
+             [-inf, 0.]]])
+    """
+    if attn_mask.dtype == torch.bool:
+        additive = torch.zeros(attn_mask.shape, device=attn_mask.device).masked_fill(
+            attn_mask, float("-inf")
+        )
+    else:
+        additive = attn_mask
+    padding = key_padding_mask.bool().to(additive.device)
+    combined = additive.unsqueeze(0).masked_fill(padding.unsqueeze(1), float("-inf"))  # (B, T, T)
+    blind = torch.isneginf(combined).all(dim=-1)  # (B, T): rows that see nothing
+    if blind.any():
+        own = torch.eye(combined.shape[-1], dtype=torch.bool, device=combined.device)
+        combined = combined.masked_fill(blind.unsqueeze(-1) & own, 0.0)
+    return combined.repeat_interleave(num_heads, dim=0)
+
+
+def mix_streaming(
+    mixer: nn.Module,
+    x: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    context: MixerLayerStreamingContext,
+    pos_embs: torch.Tensor | None,
+    relative_positions: nn.Module | None,
+) -> torch.Tensor:
+    """The mixer's output ``(B, C, D)`` for the chunk ``x`` ``(B, C, D)`` of a stream:
+    SummaryMixing from its summary state, attention over the kept left-context inputs and
+    the chunk (whose inputs are then kept). ``prepare`` is the per-frame step before the
+    mixer (a layer norm); ``pos_embs`` (relative positions of left context + chunk), when not
+    given, are computed by ``relative_positions``."""
+    inputs = prepare(x)
+    if isinstance(mixer, SummaryMixing):
+        return mixer.forward_streaming(inputs, context.summary_state)
+    if context.mha_left_context is not None:
+        inputs = torch.cat([context.mha_left_context, inputs], dim=1)
+    keep = context.mha_left_context_size
+    if keep is None:
+        context.mha_left_context = inputs
+    else:
+        context.mha_left_context = inputs[:, max(0, inputs.shape[1] - keep) :] if keep else None
+    if pos_embs is None and relative_positions is not None:
+        pos_embs = relative_positions(inputs)  # (1, 2 (left + C) - 1, D)
+    out, _ = mixer(inputs, inputs, inputs, pos_embs=pos_embs)
+    return out[:, -x.shape[1] :]
+
+
+def make_layer_context(
+    mixer: nn.Module, dynchunktrain_config: DynChunkTrainConfig
+) -> MixerLayerStreamingContext:
+    """A blank streaming context for a layer whose mixer is ``mixer``."""
+    if isinstance(mixer, SummaryMixing):
+        return MixerLayerStreamingContext(
+            mha_left_context_size=0, summary_state=mixer.make_streaming_state(dynchunktrain_config)
+        )
+    return MixerLayerStreamingContext(dynchunktrain_config.left_context_size_frames())
 
 
 class ConformerLayer(ConformerEncoderLayer):
-    """SpeechBrain's Conformer layer with a given mixer in place of its self-attention.
+    """SpeechBrain's Conformer layer with a given mixer in place of its self-attention, a
+    padding-exact (chunked) convolution, and streaming for every mixer.
 
     Arguments
     ---------
@@ -114,9 +295,59 @@ class ConformerLayer(ConformerEncoderLayer):
             d_model, kernel_size, bias, activation, dropout, causal=causal
         )
 
+    @property
+    def mixer(self) -> nn.Module:
+        """The token mixer."""
+        return self.mha_layer
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        src_key_padding_mask: torch.Tensor | None = None,
+        pos_embs: torch.Tensor | None = None,
+        dynchunktrain_config: DynChunkTrainConfig | None = None,
+        summary_chunks: DynChunkTrainConfig | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """SpeechBrain's Conformer layer: ``x`` ``(B, T, D)``; ``src_mask`` for the mixer;
+        ``dynchunktrain_config`` chunks the convolution; ``summary_chunks``: SummaryMixing's
+        ``O(T)`` chunked summaries (set by the encoder). Returns ``(output, attention)``."""
+        conv_mask = None if src_key_padding_mask is None else src_key_padding_mask.unsqueeze(-1)
+        x = x + 0.5 * self.ffn_module1(x)
+        mixed, attention = mix(
+            self.mha_layer, self.norm1(x), src_mask, src_key_padding_mask, pos_embs,
+            summary_chunks,
+        )
+        x = x + mixed
+        x = x + self.convolution_module(x, conv_mask, dynchunktrain_config=dynchunktrain_config)
+        return self.norm2(x + 0.5 * self.ffn_module2(x)), attention
+
+    def forward_streaming(
+        self,
+        x: torch.Tensor,
+        context: MixerLayerStreamingContext,
+        pos_embs: torch.Tensor | None = None,
+        relative_positions: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, None]:
+        """The layer's output for the next chunk ``x`` ``(B, C, D)`` of a stream (``context``
+        updated in place)."""
+        x = x + 0.5 * self.ffn_module1(x)
+        x = x + mix_streaming(
+            self.mha_layer, x, self.norm1, context, pos_embs, relative_positions
+        )
+        half = self.convolution_module.padding
+        conv_input = x
+        if context.dcconv_left_context is not None:
+            conv_input = torch.cat([context.dcconv_left_context, x], dim=1)
+        context.dcconv_left_context = conv_input[:, -half:] if half > 0 else None
+        x = x + self.convolution_module(conv_input)[:, -x.shape[1] :]
+        context.frames_seen += x.shape[1]
+        return self.norm2(x + 0.5 * self.ffn_module2(x)), None
+
 
 class TransformerLayer(TransformerEncoderLayer):
-    """SpeechBrain's Transformer encoder layer with a given mixer in place of its attention.
+    """SpeechBrain's Transformer encoder layer with a given mixer in place of its attention,
+    and streaming for every mixer.
 
     Example
     -------
@@ -141,16 +372,62 @@ class TransformerLayer(TransformerEncoderLayer):
         )
         self.self_att = mixer
 
+    @property
+    def mixer(self) -> nn.Module:
+        """The token mixer."""
+        return self.self_att
+
+    def forward(
+        self,
+        src: torch.Tensor,
+        src_mask: torch.Tensor | None = None,
+        src_key_padding_mask: torch.Tensor | None = None,
+        pos_embs: torch.Tensor | None = None,
+        dynchunktrain_config: DynChunkTrainConfig | None = None,
+        summary_chunks: DynChunkTrainConfig | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """SpeechBrain's Transformer layer (pre- or post-norm); the arguments are
+        ``ConformerLayer``'s (``dynchunktrain_config`` has nothing to chunk here: the chunk
+        structure reaches the mixer as ``src_mask`` or ``summary_chunks``)."""
+        mixed, attention = mix(
+            self.self_att, self.norm1(src) if self.normalize_before else src, src_mask,
+            src_key_padding_mask, pos_embs, summary_chunks,
+        )
+        return self._after_mixer(src, mixed), attention
+
+    def forward_streaming(
+        self,
+        src: torch.Tensor,
+        context: MixerLayerStreamingContext,
+        pos_embs: torch.Tensor | None = None,
+        relative_positions: nn.Module | None = None,
+    ) -> tuple[torch.Tensor, None]:
+        """The layer's output for the next chunk ``src`` ``(B, C, D)`` of a stream."""
+        prepare = self.norm1 if self.normalize_before else nn.Identity()
+        mixed = mix_streaming(self.self_att, src, prepare, context, pos_embs, relative_positions)
+        context.frames_seen += src.shape[1]
+        return self._after_mixer(src, mixed), None
+
+    def _after_mixer(self, src: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+        src = src + self.dropout1(mixed)
+        if not self.normalize_before:
+            src = self.norm1(src)
+        feed = self.pos_ffn(self.norm2(src) if self.normalize_before else src)
+        output = src + self.dropout2(feed)
+        return output if self.normalize_before else self.norm2(output)
+
 
 class MixerEncoder(nn.Module):
-    """A stack of layers with layer drop, optional activation checkpointing, a final layer norm
-    and, on request, every layer's hidden state. Built by ``ConformerEncoder`` and
-    ``TransformerEncoder``.
+    """A stack of layers with layer drop, optional activation checkpointing, a final layer norm,
+    on request every layer's hidden state, Dynamic Chunk Training and streaming. Built by
+    ``ConformerEncoder``, ``TransformerEncoder`` and ``BranchformerEncoder``.
 
     Arguments
     ---------
     layers : sequence of nn.Module
-        Layers called as ``layer(x, src_mask=, src_key_padding_mask=, pos_embs=)``.
+        Layers called as ``layer(x, src_mask=, src_key_padding_mask=, pos_embs=,
+        dynchunktrain_config=, summary_chunks=)`` and ``layer.forward_streaming(x, context,
+        pos_embs, relative_positions)``, with their token mixer as property ``mixer``.
     d_model : int
         Feature size ``D``.
     attention_type : str
@@ -160,8 +437,12 @@ class MixerEncoder(nn.Module):
         Probability of skipping each layer in training (a skipped layer passes its input on).
     output_hidden_states : bool
         Also return ``[input, layer 1 output, ..., layer L output]`` (before the final norm).
+        SpeechBrain's ``TransformerASR`` expects two return values: keep ``False`` there.
     activation_checkpointing : bool
         Recompute each layer in the backward pass instead of storing its activations.
+    causal : bool
+        The layers are causal (Dynamic Chunk Training and streaming are then refused, as
+        SpeechBrain refuses them).
     """
 
     def __init__(
@@ -172,6 +453,7 @@ class MixerEncoder(nn.Module):
         layerdrop_prob: float = 0.0,
         output_hidden_states: bool = False,
         activation_checkpointing: bool = False,
+        causal: bool = False,
     ):
         super().__init__()
         if not 0.0 <= layerdrop_prob < 1.0:
@@ -182,6 +464,7 @@ class MixerEncoder(nn.Module):
         self.layerdrop_prob = layerdrop_prob
         self.output_hidden_states = output_hidden_states
         self.activation_checkpointing = activation_checkpointing
+        self.causal = causal
         self.relative_positions = RelPosEncXL(d_model) if attention_type == "RelPosMHAXL" else None
 
     def forward(
@@ -190,6 +473,7 @@ class MixerEncoder(nn.Module):
         src_mask: torch.Tensor | None = None,
         src_key_padding_mask: torch.Tensor | None = None,
         pos_embs: torch.Tensor | None = None,
+        dynchunktrain_config: DynChunkTrainConfig | None = None,
     ) -> tuple[torch.Tensor, list] | tuple[torch.Tensor, list, list[torch.Tensor]]:
         """Encode ``src``.
 
@@ -198,12 +482,20 @@ class MixerEncoder(nn.Module):
         src : torch.Tensor
             ``(B, T, D)``.
         src_mask : torch.Tensor, optional
-            ``(T, T)`` attention / summary mask (SpeechBrain convention).
+            ``(T, T)`` attention / summary mask (SpeechBrain convention). SummaryMixing turns
+            the causal mask (``get_lookahead_mask``) into ``O(T)`` causal summaries and uses
+            any other mask as given (``O(T^2)``).
         src_key_padding_mask : torch.Tensor, optional
             ``(B, T)``, ``True`` at padded frames.
         pos_embs : torch.Tensor, optional
             Relative positional embeddings ``(1, 2T - 1, D)`` for ``RelPosMHAXL``; computed
             when not given.
+        dynchunktrain_config : DynChunkTrainConfig, optional
+            Dynamic Chunk Training: frame ``t`` of chunk ``n = t // chunk_size`` sees chunks
+            ``n - left_context_size .. n`` (all previous ones when ``None``) in every mixer
+            (attention: SpeechBrain's ``make_transformer_src_mask``, built when ``src_mask`` is
+            not given; SummaryMixing: chunked summaries in ``O(T)``, and a ``src_mask`` given as
+            well must be that chunk mask), and convolutions are chunked.
 
         Returns
         -------
@@ -216,6 +508,7 @@ class MixerEncoder(nn.Module):
         """
         if src.dim() != 3 or src.shape[1] == 0:
             raise ValueError(f"expected src of shape (batch, time > 0, D), got {tuple(src.shape)}")
+        src_mask, summary_chunks = self._mixer_masks(src, src_mask, dynchunktrain_config)
         if pos_embs is None and self.relative_positions is not None:
             pos_embs = self.relative_positions(src)  # (1, 2T - 1, D)
         keep = torch.ones(len(self.layers), dtype=torch.bool)
@@ -230,12 +523,13 @@ class MixerEncoder(nn.Module):
                 if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                     output, attention = checkpoint(
                         layer, output, src_mask, src_key_padding_mask, pos_embs,
-                        use_reentrant=False,
+                        dynchunktrain_config, summary_chunks, use_reentrant=False,
                     )
                 else:
                     output, attention = layer(
                         output, src_mask=src_mask, src_key_padding_mask=src_key_padding_mask,
-                        pos_embs=pos_embs,
+                        pos_embs=pos_embs, dynchunktrain_config=dynchunktrain_config,
+                        summary_chunks=summary_chunks,
                     )
                 attentions.append(attention)
             hidden_states.append(output)
@@ -244,6 +538,119 @@ class MixerEncoder(nn.Module):
             return output, attentions, hidden_states
         return output, attentions
 
+    def _mixer_masks(
+        self,
+        src: torch.Tensor,
+        src_mask: torch.Tensor | None,
+        dynchunktrain_config: DynChunkTrainConfig | None,
+    ) -> tuple[torch.Tensor | None, DynChunkTrainConfig | None]:
+        """``(src_mask for the mixers, SummaryMixing's O(T) summary chunks)``."""
+        if dynchunktrain_config is not None:
+            check_chunk_config(dynchunktrain_config)
+            if self.causal:
+                raise ValueError(
+                    "expected a non-causal encoder with dynchunktrain_config (Dynamic Chunk "
+                    "Training and causal are exclusive, as in SpeechBrain), got causal=True"
+                )
+        if self.attention_type != "SummaryMixing":
+            if dynchunktrain_config is not None and src_mask is None:
+                src_mask = make_transformer_src_mask(src, dynchunktrain_config=dynchunktrain_config)
+            return src_mask, None
+        if dynchunktrain_config is not None:
+            if src_mask is not None and not _same_mask(
+                src_mask, make_transformer_src_mask(src, dynchunktrain_config=dynchunktrain_config)
+            ):
+                raise ValueError(
+                    "expected src_mask to be the chunk mask of dynchunktrain_config "
+                    f"{dynchunktrain_config} (make_transformer_src_mask) or None"
+                )
+            return None, dynchunktrain_config
+        if src_mask is not None:
+            time = src.shape[1]
+            causal = torch.ones(time, time, dtype=torch.bool, device=src_mask.device).triu(1)
+            if _same_mask(src_mask, causal):
+                return None, CAUSAL_SUMMARY
+        return src_mask, None
+
+    def make_streaming_context(
+        self, dynchunktrain_config: DynChunkTrainConfig
+    ) -> MixerEncoderStreamingContext:
+        """A blank streaming context for :meth:`forward_streaming`.
+
+        Arguments
+        ---------
+        dynchunktrain_config : DynChunkTrainConfig
+            Chunk size (frames) and left context (chunks; ``None``: unlimited, which
+            SummaryMixing keeps in constant memory and attention by keeping every frame), as
+            used in training.
+
+        Returns
+        -------
+        MixerEncoderStreamingContext
+        """
+        check_chunk_config(dynchunktrain_config)
+        if self.causal:
+            raise ValueError("streaming is Dynamic Chunk Training's: expected causal=False")
+        return MixerEncoderStreamingContext(
+            dynchunktrain_config=dynchunktrain_config,
+            layers=[
+                make_layer_context(layer.mixer, dynchunktrain_config) for layer in self.layers
+            ],
+        )
+
+    def forward_streaming(
+        self,
+        src: torch.Tensor,
+        context: MixerEncoderStreamingContext,
+        pos_embs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list]:
+        """Encode the next chunk of a stream: the outputs ``forward`` gives these frames with
+        the context's ``dynchunktrain_config`` (evaluation mode).
+
+        Arguments
+        ---------
+        src : torch.Tensor
+            The chunk ``(B, C, D)``: ``chunk_size`` frames, the last chunk of a stream may be
+            shorter. No padding (batching needs streams of equal length).
+        context : MixerEncoderStreamingContext
+            From :meth:`make_streaming_context`; updated in place.
+        pos_embs : torch.Tensor, optional
+            ``RelPosMHAXL``: relative positional embeddings for the left context and the
+            chunk (as ``TransformerASR.encode_streaming`` gives); computed when not given.
+
+        Returns
+        -------
+        output : torch.Tensor
+            ``(B, C, D)``.
+        attentions : list
+            ``None`` per layer.
+        """
+        chunk_size = context.dynchunktrain_config.chunk_size
+        if src.dim() != 3 or not 0 < src.shape[1] <= chunk_size:
+            raise ValueError(
+                f"expected a chunk of shape (batch, 1 .. {chunk_size}, D), got {tuple(src.shape)}"
+            )
+        if context.ended:
+            raise ValueError(
+                "a chunk shorter than chunk_size ends a stream: make a new streaming context"
+            )
+        context.ended = src.shape[1] < chunk_size
+        output = src
+        for layer, layer_context in zip(self.layers, context.layers, strict=True):
+            output, _ = layer.forward_streaming(
+                output, layer_context, pos_embs, self.relative_positions
+            )
+        return self.norm(output), [None] * len(self.layers)
+
+
+def _same_mask(mask: torch.Tensor, excluded: torch.Tensor) -> bool:
+    """Whether ``mask`` (boolean ``True`` = excluded, or additive float ``-inf`` = excluded)
+    excludes exactly ``excluded`` ``(T, T)``."""
+    if tuple(mask.shape) != tuple(excluded.shape):
+        return False
+    mask_excluded = mask if mask.dtype == torch.bool else torch.isneginf(mask)
+    return bool(torch.equal(mask_excluded.to(excluded.device), excluded))
+
 
 class ConformerEncoder(RecordsArguments, MixerEncoder):
     """Conformer encoder (SpeechBrain layers) with a selectable token mixer.
@@ -251,7 +658,9 @@ class ConformerEncoder(RecordsArguments, MixerEncoder):
     Arguments
     ---------
     num_layers, d_model, d_ffn, nhead, kernel_size, activation, bias, dropout, causal
-        As in SpeechBrain's ``ConformerEncoder``.
+        As in SpeechBrain's ``ConformerEncoder`` (``causal``: causal convolutions and, for
+        ``RelPosMHAXL``, masked future positions; the other mixers, as in SpeechBrain, take
+        the causal mask as ``src_mask``, which SummaryMixing computes in ``O(T)``).
     attention_type : str
         ``SummaryMixing``, ``regularMHA``, ``RelPosMHAXL`` or ``SDPA``.
     summary_options : mapping, optional
@@ -270,6 +679,18 @@ class ConformerEncoder(RecordsArguments, MixerEncoder):
     >>> out, _, hidden = encoder(torch.randn(3, 10, 16))
     >>> out.shape, len(hidden)
     (torch.Size([3, 10, 16]), 3)
+
+    Dynamic Chunk Training, then streaming chunk by chunk with the same result:
+
+    >>> encoder = ConformerEncoder(2, 16, 32, 4, kernel_size=3).eval()
+    >>> x = torch.randn(1, 8, 16)
+    >>> config = DynChunkTrainConfig(chunk_size=4, left_context_size=1)
+    >>> chunked, _ = encoder(x, dynchunktrain_config=config)
+    >>> context = encoder.make_streaming_context(config)
+    >>> first, _ = encoder.forward_streaming(x[:, :4], context)
+    >>> second, _ = encoder.forward_streaming(x[:, 4:], context)
+    >>> torch.allclose(torch.cat([first, second], dim=1), chunked, atol=1e-5)
+    True
     """
 
     TRAINING_OPTIONS = (
@@ -308,7 +729,7 @@ class ConformerEncoder(RecordsArguments, MixerEncoder):
         ]
         super().__init__(
             layers, d_model, attention_type, layerdrop_prob, output_hidden_states,
-            activation_checkpointing,
+            activation_checkpointing, causal,
         )
 
 

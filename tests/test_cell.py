@@ -410,3 +410,36 @@ def test_bad_masks_and_inputs(call, message):
     cell = make_cell("SummaryMixing")
     with pytest.raises(ValueError, match=message):
         call(cell, torch.randn(2, 5, D_MODEL))
+
+
+@pytest.mark.parametrize("mode", ["SummaryMixing", "SummaryMixing-lite", "SummaryMixing-fast"])
+@pytest.mark.parametrize("left_chunks", [None, 0, 2])
+def test_streaming_chunks_equal_chunked_forward(mode, left_chunks):
+    from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
+
+    torch.manual_seed(0)
+    cell = SummaryMixing(d_model=8, nhead=2, mode=mode).eval()
+    x = torch.randn(2, 11, 8)
+    config = DynChunkTrainConfig(3, left_chunks)
+    with torch.no_grad():
+        chunked, _ = cell(x, dynchunktrain_config=config)
+        state = cell.make_streaming_state(config)
+        streamed = torch.cat(
+            [cell.forward_streaming(x[:, start : start + 3], state) for start in range(0, 11, 3)],
+            dim=1,
+        )
+    torch.testing.assert_close(streamed, chunked, atol=1e-6, rtol=0)
+    kept = 1 if left_chunks is None else left_chunks
+    assert len(state.totals) == kept, "constant-size state"
+
+
+def test_chunked_summaries_refuse_a_mask_as_well():
+    from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
+
+    cell = SummaryMixing(d_model=8, nhead=2)
+    x = torch.randn(1, 4, 8)
+    with pytest.raises(ValueError, match="either attn_mask or dynchunktrain_config"):
+        cell(x, attn_mask=torch.zeros(4, 4, dtype=torch.bool),
+             dynchunktrain_config=DynChunkTrainConfig(2))
+    with pytest.raises(ValueError, match="left_context_size >= 0"):
+        cell(x, dynchunktrain_config=DynChunkTrainConfig(2, -1))

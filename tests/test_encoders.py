@@ -171,3 +171,30 @@ def test_yaml_swap_of_one_line(attention_type, mixer_class):
     encoder = hparams["encoder"]
     assert all(type(layer.mha_layer) is mixer_class for layer in encoder.layers)
     assert encoder(torch.randn(2, 5, 32))[0].shape == (2, 5, 32)
+
+
+@pytest.mark.parametrize("normalize_before", [True, False])
+def test_layers_compute_speechbrains_layers(normalize_before):
+    """Our layers (own forward, for chunking and streaming) compute SpeechBrain's layers: same
+    weights, same output, for a Conformer and a pre- or post-norm Transformer."""
+    from speechbrain.lobes.models.transformer.Conformer import ConformerEncoderLayer
+    from speechbrain.lobes.models.transformer.Transformer import TransformerEncoderLayer
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 11, 32)
+    mask = torch.ones(11, 11, dtype=torch.bool).triu(1)
+    pairs = [(
+        TransformerEncoder(1, 32, 64, 4, attention_type="regularMHA",
+                           normalize_before=normalize_before).layers[0],
+        TransformerEncoderLayer(64, 4, 32, normalize_before=normalize_before),
+    )]
+    if normalize_before:
+        pairs.append((
+            tiny(ConformerEncoder, "regularMHA").layers[0],
+            ConformerEncoderLayer(32, 64, 4, kernel_size=5, attention_type="regularMHA"),
+        ))
+    for ours, theirs in pairs:
+        theirs.load_state_dict(ours.state_dict())
+        ours.eval(), theirs.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x, src_mask=mask)[0], theirs(x, src_mask=mask)[0])

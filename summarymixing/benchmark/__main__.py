@@ -3,7 +3,9 @@
 ``python -m summarymixing.benchmark [cell|encoder|all] [--device cpu|cuda] [--size ...]``
 measures one mixing layer and/or a whole Conformer encoder (forward + backward, peak memory)
 for SummaryMixing, SpeechBrain's regularMHA and PyTorch SDPA attention, prints a table and writes
-``<out>/<level>_<device>_<size>.csv`` and ``.png``.
+``<out>/<level>_<device>_<size>.csv`` and ``.png``. ``--chunk-size C [--left-context N]``
+measures them with Dynamic Chunk Training (streaming models), written as
+``<level>_<device>_<size>_chunk<C>[_left<N>]``.
 
 ``python -m summarymixing.benchmark pretrain ...`` benchmarks a full wav2vec 2.0 pre-training
 step (see ``summarymixing.benchmark.pretrain``).
@@ -46,6 +48,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help=f"lengths {QUICK_LENGTHS} and one repeat: a first look")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per point (median)")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="Dynamic Chunk Training chunk size in frames (default: full context)")
+    parser.add_argument("--left-context", type=int, default=None,
+                        help="chunks of left context with --chunk-size (default: all)")
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     return parser.parse_args(argv)
 
@@ -67,11 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cpu":
         pin_cpu_allocator()
     levels = ["cell", "encoder"] if arguments.level == "all" else [arguments.level]
+    chunk, left = arguments.chunk_size, arguments.left_context
+    suffix = "" if chunk is None else f"_chunk{chunk}" + ("" if left is None else f"_left{left}")
     for level in levels:
-        rows = run(level, size, lengths, device, repeats, arguments.batch_size)
-        stem = arguments.out / f"{level}_{device.type}_{size}"
+        rows = run(level, size, lengths, device, repeats, arguments.batch_size, chunk, left)
+        stem = arguments.out / f"{level}_{device.type}_{size}{suffix}"
         write_csv(rows, stem.with_suffix(".csv"))
-        title = f"{level} ({size}: {SIZES[size]}), forward+backward, {device.type}"
+        chunking = "" if chunk is None else f", chunks of {chunk} frames, left context {left}"
+        title = f"{level} ({size}: {SIZES[size]}), forward+backward{chunking}, {device.type}"
         plot_time_and_memory(rows, "frames", "frames (T)", title, stem.with_suffix(".png"))
         print(f"\n## {title}\n")
         print(format_table(rows, ["model", "frames", "seconds", "peak_mib"]))

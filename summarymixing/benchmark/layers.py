@@ -1,6 +1,10 @@
 """Benchmark of one mixing layer and of a whole encoder: SummaryMixing vs SpeechBrain's
 ``regularMHA`` vs PyTorch's ``scaled_dot_product_attention``, forward + backward, against the
 number of frames ``T``.
+
+With a chunk size (Dynamic Chunk Training, as in streaming models), every mixer sees only its
+chunk and the left context: SummaryMixing through its ``O(T)`` chunked summaries, attention
+through SpeechBrain's ``(T, T)`` chunk mask (built once per length, outside the timed step).
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from speechbrain.lobes.models.transformer.TransformerASR import make_transformer_src_mask
 from speechbrain.nnet.activations import Swish
+from speechbrain.utils.dynamic_chunk_training import DynChunkTrainConfig
 from torch import nn
 
 from summarymixing.benchmark.measure import measure_side_by_side
+from summarymixing.cell import SummaryMixing
 from summarymixing.encoders import ConformerEncoder
 from summarymixing.mixers import build_mixer
 
@@ -69,12 +76,28 @@ def build_encoder(mixer: str, size: ModelSize) -> nn.Module:
     )
 
 
-def training_step(model: nn.Module, inputs: torch.Tensor) -> Callable[[], None]:
-    """A forward + backward pass of ``model`` on ``inputs`` ``(B, T, D)``, as a callable."""
+def training_step(
+    model: nn.Module, inputs: torch.Tensor, chunks: DynChunkTrainConfig | None = None
+) -> Callable[[], None]:
+    """A forward + backward pass of ``model`` on ``inputs`` ``(B, T, D)``, as a callable;
+    ``chunks``: Dynamic Chunk Training (chunked summaries or SpeechBrain's chunk mask)."""
+    if not _is_mixer(model):
+        def run_model() -> torch.Tensor:
+            return model(inputs, dynchunktrain_config=chunks)[0]
+    elif chunks is None:
+        def run_model() -> torch.Tensor:
+            return model(inputs, inputs, inputs)[0]
+    elif isinstance(model, SummaryMixing):
+        def run_model() -> torch.Tensor:
+            return model(inputs, dynchunktrain_config=chunks)[0]
+    else:
+        mask = make_transformer_src_mask(inputs, dynchunktrain_config=chunks)  # (T, T)
+
+        def run_model() -> torch.Tensor:
+            return model(inputs, inputs, inputs, attn_mask=mask)[0]
 
     def step() -> None:
-        output = model(inputs, inputs, inputs)[0] if _is_mixer(model) else model(inputs)[0]
-        output.float().pow(2).mean().backward()
+        run_model().float().pow(2).mean().backward()
 
     return step
 
@@ -94,17 +117,49 @@ def run(
     device: torch.device,
     repeats: int,
     batch_size: int = 1,
+    chunk_size: int | None = None,
+    left_context_chunks: int | None = None,
 ) -> list[dict]:
     """Measure every mixer at every length; one row per (mixer, length).
+
+    Arguments
+    ---------
+    level : str
+        ``"cell"`` (one mixing layer) or ``"encoder"`` (a Conformer encoder).
+    size_name : str
+        A key of ``SIZES``.
+    lengths : list of int
+        Numbers of frames.
+    device : torch.device
+        Where to run.
+    repeats : int
+        Timed steps per point (median).
+    batch_size : int
+        Utterances per step.
+    chunk_size : int, optional
+        Dynamic Chunk Training chunk size in frames (``None``: full context).
+    left_context_chunks : int, optional
+        Chunks of left context with ``chunk_size`` (``None``: all).
+
+    Returns
+    -------
+    list of dict
+        ``level, size, device, model, frames, chunk_size, left_context_chunks, seconds,
+        peak_mib`` per row.
 
     Example
     -------
     >>> rows = run("cell", "tiny", [8], torch.device("cpu"), repeats=1)
     >>> [row["model"] for row in rows]
     ['SummaryMixing', 'regularMHA', 'SDPA']
+    >>> run("encoder", "tiny", [8], torch.device("cpu"), 1, chunk_size=4)[0]["chunk_size"]
+    4
     """
     if level not in ("cell", "encoder"):
         raise ValueError(f"expected level 'cell' or 'encoder', got {level!r}")
+    if chunk_size is None and left_context_chunks is not None:
+        raise ValueError("expected a chunk size with a left context, got none")
+    chunks = None if chunk_size is None else DynChunkTrainConfig(chunk_size, left_context_chunks)
     size = SIZES[size_name]
     build = build_cell if level == "cell" else build_encoder
     torch.manual_seed(0)
@@ -113,12 +168,13 @@ def run(
     for frames in lengths:
         logger.info("%s benchmark: %d frames", level, frames)
         inputs = torch.randn(batch_size, frames, size.d_model, device=device)
-        steps = {mixer: training_step(model, inputs) for mixer, model in models.items()}
+        steps = {mixer: training_step(model, inputs, chunks) for mixer, model in models.items()}
         results = measure_side_by_side(steps, device, repeats)
         for mixer, result in results.items():
             rows.append({
                 "level": level, "size": size_name, "device": device.type, "model": mixer,
-                "frames": frames, "seconds": result["seconds"],
+                "frames": frames, "chunk_size": chunk_size,
+                "left_context_chunks": left_context_chunks, "seconds": result["seconds"],
                 "peak_mib": result["peak_bytes"] / 2**20,
             })
         for model in models.values():
