@@ -13,6 +13,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from data_prep.audio_files import audio_error_reason
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,7 +50,8 @@ def read_audio(
     Raises
     ------
     AudioReadError
-        If the file cannot be decoded or the slice is empty; the message names the file.
+        If the file cannot be decoded or the slice is empty; the message names the file and
+        says why (``file does not exist``, or soundfile's reason).
 
     Example
     -------
@@ -60,13 +63,18 @@ def read_audio(
     torch.Size([4000])
     >>> read_audio(path).shape  # 1 s at 8 kHz resampled to 16 kHz
     torch.Size([16000])
+    >>> read_audio(path + ".missing")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    data_prep.audio.AudioReadError: ...tone.wav.missing: cannot read audio (file does not exist)
     """
     if start < 0 or (stop is not None and stop <= start):
         raise AudioReadError(f"{path}: expected 0 <= start < stop, got start={start}, stop={stop}")
     try:
         data, file_rate = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise AudioReadError(f"{path}: cannot read audio ({err})") from err
+        reason = audio_error_reason(path, err)
+        raise AudioReadError(f"{path}: cannot read audio ({reason})") from err
     if data.shape[0] == 0:
         raise AudioReadError(f"{path}: no samples in slice [{start}, {stop})")
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))  # (T,)

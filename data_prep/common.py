@@ -1,16 +1,21 @@
 """Helpers shared by every corpus preparation.
 
 * :class:`DataPrepError`: the one error every prep raises for bad input, always naming the file
-  (and the line, where there is one).
+  (and the line, where there is one); :func:`run_command` turns it into a one-line message and
+  exit status 1 on the command line.
 * :func:`run_once`: idempotency. A save folder is reused only when its completion marker, written
-  last, records the same options; otherwise the folder's manifests are rebuilt.
+  last, records the same options and the same corpus listing (:func:`corpus_listing`: relative
+  paths, sizes and modification times of the files read); otherwise the manifests are rebuilt.
+* :func:`list_files`: corpus files matching a pattern, without macOS ``._*`` companion files.
 * :func:`write_csv` / :func:`write_text`: atomic writes (temporary file + ``os.replace``).
-* :func:`audio_frames`: parallel, progress-barred reading of audio lengths.
+* :func:`parallel_map`: a progress-barred map, in spawned worker processes for large corpora
+  (:mod:`data_prep.audio_files` reads audio lengths and verifies the audio with it).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -19,7 +24,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import soundfile as sf
 from tqdm import tqdm
 
 from data_prep.files import PARTIAL_SUFFIX, atomic_write, atomic_write_text
@@ -31,6 +35,9 @@ MARKER = ".prep_done.json"
 PARALLEL_THRESHOLD = 256
 # Workers are spawned, not forked: forking after torch has started its thread pools can hang.
 POOL_CONTEXT = multiprocessing.get_context("spawn")
+# macOS writes an AppleDouble companion "._<name>" (not audio, not text) beside every file it
+# copies to a foreign file system; corpora copied from a Mac carry thousands of them.
+RESOURCE_FORK_PREFIX = "._"
 
 
 class DataPrepError(ValueError):
@@ -218,17 +225,107 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_text(path, text)
 
 
+def list_files(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """The files under ``folder`` matching the glob ``pattern``, sorted, without macOS ``._*``
+    companion files (their count is logged).
+
+    Arguments
+    ---------
+    folder : str or PathLike
+        The folder to search.
+    pattern : str
+        A :meth:`pathlib.Path.glob` pattern, e.g. ``*/*/*.wav`` or ``**/*.trans.txt``.
+
+    Returns
+    -------
+    list of Path
+        The matching files, sorted.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "id1" / "v").mkdir(parents=True)
+    >>> for name in ("00001.wav", "._00001.wav"):
+    ...     _ = (root / "id1" / "v" / name).write_bytes(b"")
+    >>> [p.relative_to(root).as_posix() for p in list_files(root, "*/*/*.wav")]
+    ['id1/v/00001.wav']
+    """
+    found = sorted(p for p in Path(folder).glob(pattern) if p.is_file())
+    kept = [p for p in found if not p.name.startswith(RESOURCE_FORK_PREFIX)]
+    if len(kept) < len(found):
+        logger.info("%s: skipped %d macOS '%s*' companion files", folder, len(found) - len(kept),
+                    RESOURCE_FORK_PREFIX)
+    return kept
+
+
+def corpus_listing(root: str | os.PathLike, files: Iterable[str | os.PathLike]) -> dict:
+    """A fingerprint of the files a preparation reads: their paths relative to ``root``, sizes
+    and modification times, hashed (SHA-256) with their count and total size.
+
+    Any file added, deleted, replaced, grown or touched changes the fingerprint; reading a file
+    does not.
+
+    Arguments
+    ---------
+    root : str or PathLike
+        The corpus folder the paths are made relative to (so that the same corpus gives the same
+        listing wherever it sits: the manifests' absolute paths are keyed by the options).
+    files : Iterable
+        The files the preparation reads (duplicates count once).
+
+    Returns
+    -------
+    dict
+        ``{"files": count, "bytes": total size, "sha256": hex digest}``.
+
+    Raises
+    ------
+    DataPrepError
+        Naming a file that does not exist.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "a.txt").write_text("abc")
+    >>> listing = corpus_listing(root, [root / "a.txt"])
+    >>> listing["files"], listing["bytes"]
+    (1, 3)
+    >>> _ = (root / "b.txt").write_text("")
+    >>> corpus_listing(root, [root / "a.txt", root / "b.txt"]) == listing
+    False
+    """
+    digest, count, total = hashlib.sha256(), 0, 0
+    entries = sorted({os.path.relpath(path, root): Path(path) for path in files}.items())
+    for rel, path in entries:
+        try:
+            stat = path.stat()
+        except OSError as err:
+            raise DataPrepError(f"{path}: cannot read file ({err.strerror})") from err
+        digest.update(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        count, total = count + 1, total + stat.st_size
+    return {"files": count, "bytes": total, "sha256": digest.hexdigest()}
+
+
 def run_once(
     save_folder: str | os.PathLike,
     options: Mapping[str, Any],
     outputs: Sequence[str],
     build: Callable[[Path], None],
+    listing: Mapping[str, Any] | None = None,
+    verify_audio: bool = False,
 ) -> bool:
-    """Run ``build(save_folder)`` unless a completed run with the same options is there.
+    """Run ``build(save_folder)`` unless a completed run of the same options on the same corpus
+    is there.
 
-    A run is complete when the marker file (written last, holding ``options``) matches and every
-    name in ``outputs`` exists. Anything else (no marker, other options, a leftover temporary file
-    from an interrupted run) is rebuilt from scratch.
+    A run is complete when the marker file (written last) matches and every name in ``outputs``
+    exists. The marker records ``options``, ``listing`` (the corpus fingerprint of
+    :func:`corpus_listing`: a file of the corpus deleted, added or changed since the run forces a
+    rebuild) and whether ``build`` verified the audio: a request with ``verify_audio`` reuses only
+    a verified run, a request without it reuses either. Anything else (no marker, other options,
+    another corpus, a leftover temporary file from an interrupted run) is rebuilt from scratch,
+    and the reason is logged.
 
     Arguments
     ---------
@@ -240,6 +337,11 @@ def run_once(
         Files (relative to ``save_folder``) that a complete run leaves.
     build : Callable[[Path], None]
         Writes the outputs into the folder it is given.
+    listing : Mapping or None
+        Fingerprint of the files ``build`` reads (:func:`corpus_listing`).
+    verify_audio : bool
+        Whether ``build`` decodes every audio file it keeps
+        (:func:`data_prep.audio_files.verify_audio_files`).
 
     Returns
     -------
@@ -257,80 +359,120 @@ def run_once(
     False
     >>> run_once(folder, {"a": 2}, ["out.txt"], build)
     True
+    >>> run_once(folder, {"a": 2}, ["out.txt"], build, listing={"files": 3})
+    True
     """
     folder = Path(save_folder)
     marker = folder / MARKER
-    wanted = json.loads(json.dumps(dict(options), sort_keys=True, default=str))
+    wanted = json.loads(json.dumps(
+        {"options": dict(options), "inputs": listing}, sort_keys=True, default=str
+    ))
     if marker.is_file() and all((folder / name).is_file() for name in outputs):
         try:
             done = json.loads(marker.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             done = None
-        if done == wanted:
-            logger.info("%s already prepared with these options; skipping", folder)
+        done = done if isinstance(done, dict) else {}
+        if done.get("options") != wanted["options"]:
+            logger.info("%s: prepared with other options; preparing again", folder)
+        elif done.get("inputs") != wanted["inputs"]:
+            then, now = done.get("inputs") or {}, wanted["inputs"] or {}
+            logger.info("%s: the corpus files changed since it was prepared (then %s files, %s "
+                        "bytes; now %s files, %s bytes; or a file was modified); preparing again",
+                        folder, then.get("files"), then.get("bytes"), now.get("files"),
+                        now.get("bytes"))
+        elif verify_audio and not done.get("verified_audio"):
+            logger.info("%s: prepared without verifying the audio; preparing again", folder)
+        else:
+            logger.info("%s already prepared with these options and this corpus; skipping", folder)
             return False
     folder.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     for name in [*outputs, MARKER]:  # leftovers of an interrupted write
         (folder / (name + PARTIAL_SUFFIX)).unlink(missing_ok=True)
     build(folder)
-    write_text(marker, json.dumps(wanted, sort_keys=True, indent=1) + "\n")
+    done = {**wanted, "verified_audio": verify_audio}
+    write_text(marker, json.dumps(done, sort_keys=True, indent=1) + "\n")
     return True
 
 
-def _frames(path: str) -> tuple[int, int]:
-    """Return ``(num_frames, sample_rate)`` of one audio file, or raise :class:`DataPrepError`."""
-    try:
-        info = sf.info(path)
-    except (sf.LibsndfileError, RuntimeError, OSError) as err:
-        raise DataPrepError(f"{path}: unreadable audio file ({err})") from err
-    if info.frames <= 0:
-        raise DataPrepError(f"{path}: empty audio file")
-    return info.frames, info.samplerate
-
-
-def audio_frames(
-    paths: Sequence[str | os.PathLike], desc: str = "audio", num_workers: int | None = None
-) -> list[tuple[int, int]]:
-    """Read ``(num_frames, sample_rate)`` of many audio files, in parallel when there are many.
+def parallel_map(
+    func: Callable[[Any], Any],
+    items: Sequence[Any],
+    desc: str,
+    num_workers: int | None = None,
+    unit: str = "file",
+    chunksize: int = 16,
+) -> list[Any]:
+    """``[func(item) for item in items]`` with a progress bar, in worker processes when there are
+    many items.
 
     Arguments
     ---------
-    paths : Sequence
-        Audio files.
+    func : Callable
+        A module-level function (workers are spawned and import it).
+    items : Sequence
+        Its arguments.
     desc : str
         Label of the progress bar.
     num_workers : int or None
         Worker processes; ``None`` uses every CPU once there are more than
-        ``PARALLEL_THRESHOLD`` files, ``0`` or ``1`` reads in this process.
+        ``PARALLEL_THRESHOLD`` items, ``0`` or ``1`` runs in this process.
+    unit : str
+        What an item is, for the progress bar.
+    chunksize : int
+        Items sent to a worker at a time.
 
     Returns
     -------
-    list of (int, int)
-        ``(num_frames, sample_rate)`` per path, in order.
-
-    Raises
-    ------
-    DataPrepError
-        Naming the first unreadable or empty file.
+    list
+        The results, in the order of ``items``.
 
     Example
     -------
-    >>> import tempfile, os
-    >>> import numpy as np, soundfile as sf
-    >>> path = os.path.join(tempfile.mkdtemp(), "a.flac")
-    >>> sf.write(path, np.zeros(1600, dtype="int16"), 16000)
-    >>> audio_frames([path])
-    [(1600, 16000)]
+    >>> parallel_map(abs, [-1, 2, -3], "absolute values", num_workers=0)
+    [1, 2, 3]
     """
-    names = [str(p) for p in paths]
     if num_workers is None:
-        num_workers = (os.cpu_count() or 1) if len(names) > PARALLEL_THRESHOLD else 0
-    bar = dict(total=len(names), desc=f"Reading {desc} lengths", unit="file", leave=False)
+        num_workers = (os.cpu_count() or 1) if len(items) > PARALLEL_THRESHOLD else 0
+    bar = dict(total=len(items), desc=desc, unit=unit, leave=False)
     if num_workers <= 1:
-        return [_frames(name) for name in tqdm(names, **bar)]
+        return [func(item) for item in tqdm(items, **bar)]
     with POOL_CONTEXT.Pool(num_workers) as pool:
-        return list(tqdm(pool.imap(_frames, names, chunksize=64), **bar))
+        return list(tqdm(pool.imap(func, items, chunksize=chunksize), **bar))
+
+
+def run_command(prepare: Callable[..., Any], **kwargs: Any) -> None:
+    """Run a preparation from the command line: log to stderr, and report a
+    :class:`DataPrepError` as its one-line message (no traceback) with exit status 1.
+
+    Arguments
+    ---------
+    prepare : Callable
+        The ``prepare_*`` function.
+    **kwargs
+        Its arguments.
+
+    Raises
+    ------
+    SystemExit
+        With status 1 on a :class:`DataPrepError`.
+
+    Example
+    -------
+    >>> def prepare(folder):
+    ...     raise DataPrepError(f"{folder}: corpus folder not found")
+    >>> run_command(prepare, folder="/no/corpus")
+    Traceback (most recent call last):
+    ...
+    SystemExit: 1
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        prepare(**kwargs)
+    except DataPrepError as err:
+        logger.error("Error: %s", err)
+        raise SystemExit(1) from None
 
 
 def holdout(keys: Sequence[str], fraction: float) -> set[str]:

@@ -23,20 +23,20 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import soundfile as sf
-from tqdm import tqdm
 
 from data_prep.audio import AudioReadError, read_audio
+from data_prep.audio_files import audio_frames, verify_audio_files
 from data_prep.common import (
-    PARALLEL_THRESHOLD,
-    POOL_CONTEXT,
     DataPrepError,
-    audio_frames,
+    corpus_listing,
+    parallel_map,
     require_dir,
     require_file,
+    run_command,
     run_once,
     utf8_lines,
     where,
@@ -127,16 +127,6 @@ def _convert(job: tuple[str, str]) -> int:
     return len(wav)
 
 
-def _convert_all(jobs: list[tuple[str, str]], num_workers: int | None) -> list[int]:
-    if num_workers is None:
-        num_workers = (os.cpu_count() or 1) if len(jobs) > PARALLEL_THRESHOLD else 0
-    bar = dict(total=len(jobs), desc="Converting to 16 kHz WAV", unit="clip", leave=False)
-    if num_workers <= 1:
-        return [_convert(job) for job in tqdm(jobs, **bar)]
-    with POOL_CONTEXT.Pool(num_workers) as pool:
-        return list(tqdm(pool.imap(_convert, jobs, chunksize=16), **bar))
-
-
 def collapse_spaces(text: str) -> str:
     """A transcript as CommonVoice writes it (case, punctuation kept), runs of spaces collapsed
     and the ends stripped: the text of the authors' MP3S preparation for Welsh.
@@ -162,11 +152,8 @@ def collapse_spaces(text: str) -> str:
 NORMALIZERS = {"welsh": normalize_welsh, "none": collapse_spaces}
 
 
-def _split_rows(
-    tsv: Path, clips: Path, known: dict[str, float], options: dict, workers: int | None
-) -> list[dict]:
-    normalize, min_words = NORMALIZERS[options["text_normalization"]], options["min_words"]
-    max_duration = options["max_duration"]
+def _read_split(tsv: Path, clips: Path, normalize: Callable[[str], str]) -> list[dict]:
+    """Rows (without duration) of one split TSV; ``clip`` is the file name in ``clips/``."""
     rows = []
     for line_no, row in _tsv_rows(tsv, ("client_id", "path", "sentence")):
         audio = clips / row["path"]
@@ -175,13 +162,21 @@ def _split_rows(
         rows.append({"ID": Path(row["path"]).stem, "wav": str(audio.resolve()),
                      "spk_id": row["client_id"], "wrd": normalize(row["sentence"]),
                      "clip": row["path"]})
+    return rows
+
+
+def _kept_rows(
+    tsv: Path, rows: list[dict], known: dict[str, float], options: dict, workers: int | None
+) -> list[dict]:
+    """The rows of one split kept by ``min_words`` and ``max_duration``, with durations."""
+    min_words, max_duration = options["min_words"], options["max_duration"]
     unknown = [r for r in rows if r["clip"] not in known]
     for r, (frames, rate) in zip(unknown, audio_frames([r["wav"] for r in unknown], tsv.name,
                                                        workers), strict=True):
         known[r["clip"]] = frames / rate
     short = [len(r["wrd"].split()) < max(min_words, 1) for r in rows]
     long = [max_duration is not None and known[r["clip"]] > max_duration for r in rows]
-    kept = [r for r, s, g in zip(rows, short, long, strict=True) if not (s or g)]
+    kept = [dict(r) for r, s, g in zip(rows, short, long, strict=True) if not (s or g)]
     logger.info("%s: kept %d of %d clips (%d with fewer than %d words, %d longer than %s s)",
                 tsv, len(kept), len(rows), sum(short), max(min_words, 1), sum(long),
                 max_duration)
@@ -199,8 +194,13 @@ def prepare_commonvoice(
     num_workers: int | None = None,
     text_normalization: str = "welsh",
     min_words: int = 1,
+    verify_audio: bool = False,
 ) -> None:
     """Write ``train.csv``, ``valid.csv`` and ``test.csv`` from a CommonVoice language folder.
+
+    A completed save folder is reused while the options and the files read (the split TSVs,
+    ``clip_durations.tsv`` and the clips they name: paths, sizes, modification times) are
+    unchanged.
 
     Arguments
     ---------
@@ -221,6 +221,14 @@ def prepare_commonvoice(
         collapsed; the authors' MP3S preparation).
     min_words : int
         Drop transcripts with fewer words (the authors: 3); empty ones are always dropped.
+    verify_audio : bool
+        Decode every clip kept and refuse if one is unreadable or shorter than its header says
+        (:func:`data_prep.audio_files.verify_audio_files`), before converting or writing anything.
+
+    Raises
+    ------
+    DataPrepError
+        On bad input (naming the file and line), or when verification fails.
 
     Example
     -------
@@ -247,23 +255,34 @@ def prepare_commonvoice(
                "convert_to_wav": convert_to_wav, "text_normalization": text_normalization,
                "min_words": min_words}
 
+    durations_tsv = folder / "clip_durations.tsv"
+    normalize = NORMALIZERS[text_normalization]
+    parsed = {name: _read_split(tsv, clips, normalize) for name, tsv in tsvs.items()}
+    inputs = [*tsvs.values(), *(Path(r["wav"]) for rows in parsed.values() for r in rows)]
+    if durations_tsv.is_file():
+        inputs.append(durations_tsv)
+    listing = corpus_listing(folder, inputs)
+
     def build(out: Path) -> None:
-        durations_tsv = folder / "clip_durations.tsv"
         known = _clip_durations(durations_tsv) if durations_tsv.is_file() else {}
-        splits = {name: _split_rows(tsv, clips, known, options, num_workers)
-                  for name, tsv in tsvs.items()}
+        splits = {name: _kept_rows(tsvs[name], rows, known, options, num_workers)
+                  for name, rows in parsed.items()}
+        if verify_audio:
+            verify_audio_files([r["wav"] for rows in splits.values() for r in rows],
+                               "CommonVoice", num_workers)
         if convert_to_wav:
             cache = out / "wav16k"
             cache.mkdir(exist_ok=True)
             rows = [r for rows in splits.values() for r in rows]
             jobs = [(r["wav"], str((cache / f"{r['ID']}.wav").resolve())) for r in rows]
-            for r, (_, dst), frames in zip(rows, jobs, _convert_all(jobs, num_workers),
-                                           strict=True):
+            lengths = parallel_map(_convert, jobs, "Converting to 16 kHz WAV", num_workers, "clip")
+            for r, (_, dst), frames in zip(rows, jobs, lengths, strict=True):
                 r["wav"], r["duration"] = dst, frames / WAV_RATE
         for name, rows in splits.items():
             write_csv(out / f"{name}.csv", FIELDS, rows)
 
-    run_once(save_folder, options, [f"{name}.csv" for name in SPLITS], build)
+    run_once(save_folder, options, [f"{name}.csv" for name in SPLITS], build, listing,
+             verify_audio)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -283,12 +302,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--text-normalization", choices=sorted(NORMALIZERS), default="welsh")
     parser.add_argument("--min-words", type=int, default=1)
+    parser.add_argument("--verify-audio", action="store_true",
+                        help="decode every kept clip; refuse unreadable or truncated ones")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    prepare_commonvoice(args.data_folder, args.save_folder, args.max_duration,
-                        args.convert_to_wav, num_workers=args.num_workers,
-                        text_normalization=args.text_normalization,
-                        min_words=args.min_words)
+    run_command(prepare_commonvoice, data_folder=args.data_folder, save_folder=args.save_folder,
+                max_duration=args.max_duration, convert_to_wav=args.convert_to_wav,
+                num_workers=args.num_workers, text_normalization=args.text_normalization,
+                min_words=args.min_words, verify_audio=args.verify_audio)
 
 
 if __name__ == "__main__":

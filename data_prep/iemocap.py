@@ -20,11 +20,14 @@ import logging
 import re
 from pathlib import Path
 
+from data_prep.audio_files import audio_frames, verify_audio_files
 from data_prep.common import (
     DataPrepError,
-    audio_frames,
+    corpus_listing,
     holdout,
+    list_files,
     require_dir,
+    run_command,
     run_once,
     where,
     write_csv,
@@ -84,14 +87,13 @@ def parse_emo_evaluation(path: str | Path) -> list[tuple[int, str, str]]:
     return labels
 
 
-def _session_rows(data_folder: Path, session: int, num_workers: int | None) -> list[dict]:
-    """4-class rows (with durations) of one session."""
+def _session_rows(data_folder: Path, session: int) -> tuple[list[dict], list[Path]]:
+    """4-class rows (without durations) of one session, and the label files read."""
     root = require_dir(data_folder / f"Session{session}", "IEMOCAP session")
     emo_dir = require_dir(root / "dialog" / "EmoEvaluation", "IEMOCAP EmoEvaluation")
     rows, dropped = [], 0
-    for txt in sorted(emo_dir.glob("*.txt")):
-        if txt.name.startswith("._"):
-            continue
+    label_files = list_files(emo_dir, "*.txt")
+    for txt in label_files:
         for line_no, utt, code in parse_emo_evaluation(txt):
             if code not in EMOTION_MAP:
                 dropped += 1
@@ -104,13 +106,10 @@ def _session_rows(data_folder: Path, session: int, num_workers: int | None) -> l
                          "emo": EMOTION_MAP[code]})
     if not rows:
         raise DataPrepError(f"{emo_dir}: no 4-class utterances found")
-    infos = audio_frames([r["wav"] for r in rows], f"IEMOCAP Session{session}", num_workers)
-    for row, (frames, rate) in zip(rows, infos, strict=True):
-        row["duration"] = frames / rate
     logger.info(
         "Session%d: %d utterances kept, %d of other classes dropped", session, len(rows), dropped
     )
-    return rows
+    return rows, label_files
 
 
 def prepare_iemocap(
@@ -119,8 +118,12 @@ def prepare_iemocap(
     valid_fraction: float = 0.1,
     skip_prep: bool = False,
     num_workers: int | None = None,
+    verify_audio: bool = False,
 ) -> None:
     """Write ``fold_<k>/{train,valid,test}.csv`` for k = 1..5 (test session = k).
+
+    A completed save folder is reused while the options and the files read (the EmoEvaluation
+    files and the utterances they label: paths, sizes, modification times) are unchanged.
 
     Arguments
     ---------
@@ -133,7 +136,15 @@ def prepare_iemocap(
     skip_prep : bool
         Do nothing.
     num_workers : int or None
-        Processes reading audio lengths.
+        Processes reading audio lengths (and decoding, with ``verify_audio``).
+    verify_audio : bool
+        Decode every utterance kept and refuse if one is unreadable or shorter than its header
+        says (:func:`data_prep.audio_files.verify_audio_files`), before writing any manifest.
+
+    Raises
+    ------
+    DataPrepError
+        On bad input (naming the file and line), or when verification fails.
 
     Example
     -------
@@ -160,8 +171,19 @@ def prepare_iemocap(
     options = {"data_folder": str(folder.resolve()), "valid_fraction": valid_fraction}
     outputs = [f"fold_{k}/{name}.csv" for k in SESSIONS for name in ("train", "valid", "test")]
 
+    sessions, inputs = {}, []
+    for n in SESSIONS:
+        sessions[n], label_files = _session_rows(folder, n)
+        inputs += label_files + [Path(row["wav"]) for row in sessions[n]]
+    listing = corpus_listing(folder, inputs)
+
     def build(out: Path) -> None:
-        sessions = {n: _session_rows(folder, n, num_workers) for n in SESSIONS}
+        every = [row for n in SESSIONS for row in sessions[n]]
+        infos = audio_frames([row["wav"] for row in every], "IEMOCAP", num_workers)
+        for row, (frames, rate) in zip(every, infos, strict=True):
+            row["duration"] = frames / rate
+        if verify_audio:
+            verify_audio_files([row["wav"] for row in every], "IEMOCAP", num_workers)
         for k in SESSIONS:
             train = [r for n in SESSIONS if n != k for r in sessions[n]]
             held = set()
@@ -173,7 +195,7 @@ def prepare_iemocap(
                       [r for r in train if r["ID"] in held])
             write_csv(out / f"fold_{k}" / "test.csv", FIELDS, sessions[k])
 
-    run_once(save_folder, options, outputs, build)
+    run_once(save_folder, options, outputs, build, listing, verify_audio)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,10 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("save_folder")
     parser.add_argument("--valid-fraction", type=float, default=0.1)
     parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--verify-audio", action="store_true",
+                        help="decode every kept utterance; refuse unreadable or truncated ones")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    prepare_iemocap(args.data_folder, args.save_folder, args.valid_fraction,
-                    num_workers=args.num_workers)
+    run_command(prepare_iemocap, data_folder=args.data_folder, save_folder=args.save_folder,
+                valid_fraction=args.valid_fraction, num_workers=args.num_workers,
+                verify_audio=args.verify_audio)
 
 
 if __name__ == "__main__":

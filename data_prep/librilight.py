@@ -24,11 +24,14 @@ import logging
 import math
 from pathlib import Path
 
+from data_prep.audio_files import audio_frames, verify_audio_files
 from data_prep.common import (
     DataPrepError,
-    audio_frames,
+    corpus_listing,
     holdout,
+    list_files,
     require_dir,
+    run_command,
     run_once,
     utf8_lines,
     where,
@@ -104,9 +107,8 @@ def _read_vad(json_path: Path, sample_rate: int, frames: int) -> list[tuple[int,
 
 def _librispeech_rows(folder: Path, num_workers: int | None) -> list[dict]:
     """Rows for a LibriSpeech split (e.g. dev-clean): one per transcript line."""
-    require_dir(folder, "LibriSpeech validation")
     utts = []
-    for trans in sorted(folder.rglob("*.trans.txt")):
+    for trans in list_files(folder, "**/*.trans.txt"):
         for line_no, line in enumerate(utf8_lines(trans), start=1):
             if not line.strip():
                 continue
@@ -128,11 +130,9 @@ def _librispeech_rows(folder: Path, num_workers: int | None) -> list[dict]:
 
 
 def _segment_rows(
-    split_dir: Path, min_duration: float, max_duration: float, num_workers: int | None
+    split_dir: Path, flacs: list[Path], min_duration: float, max_duration: float,
+    num_workers: int | None,
 ) -> list[dict]:
-    flacs = sorted(split_dir.glob("*/*/*.flac"))
-    if not flacs:
-        raise DataPrepError(f"{split_dir}: no <speaker>/<book>/*.flac files found")
     rows, dropped, dropped_seconds = [], 0, 0.0
     infos = audio_frames(flacs, "LibriLight", num_workers)
     for flac, (frames, rate) in zip(flacs, infos, strict=True):
@@ -172,8 +172,14 @@ def prepare_librilight(
     valid_fraction: float = 0.01,
     skip_prep: bool = False,
     num_workers: int | None = None,
+    verify_audio: bool = False,
 ) -> None:
     """Write ``train.csv`` and ``valid.csv`` for wav2vec 2.0 pre-training on LibriLight.
+
+    A completed save folder is reused while the options and the files read (every
+    ``<speaker>/<book>/*.flac`` with its ``.json``, and the validation folder's ``*.trans.txt``
+    and ``*.flac``: paths, sizes, modification times) are unchanged. macOS ``._*`` companion files
+    are ignored.
 
     Arguments
     ---------
@@ -195,7 +201,17 @@ def prepare_librilight(
     skip_prep : bool
         Do nothing.
     num_workers : int or None
-        Processes reading audio lengths (see :func:`data_prep.common.audio_frames`).
+        Processes reading audio lengths (see :func:`data_prep.audio_files.audio_frames`) and, with
+        ``verify_audio``, decoding.
+    verify_audio : bool
+        Decode every file kept and refuse if one is unreadable or shorter than its header says
+        (:func:`data_prep.audio_files.verify_audio_files`), before writing any manifest.
+
+    Raises
+    ------
+    DataPrepError
+        On bad input (naming the file and line), when no segment is kept, or when verification
+        fails.
 
     Example
     -------
@@ -222,19 +238,29 @@ def prepare_librilight(
         "min_duration": min_duration, "max_duration": max_duration,
         "valid_fraction": valid_fraction,
     }
+    flacs = list_files(split_dir, "*/*/*.flac")
+    if not flacs:
+        raise DataPrepError(f"{split_dir}: no <speaker>/<book>/*.flac files found")
+    inputs = [*flacs, *(f.with_suffix(".json") for f in flacs if f.with_suffix(".json").is_file())]
+    if valid_dir is not None:
+        require_dir(valid_dir, "LibriSpeech validation")
+        inputs += list_files(valid_dir, "**/*.trans.txt") + list_files(valid_dir, "**/*.flac")
+    listing = corpus_listing(split_dir, inputs)
 
     def build(out: Path) -> None:
-        rows = _segment_rows(split_dir, min_duration, max_duration, num_workers)
+        rows = _segment_rows(split_dir, flacs, min_duration, max_duration, num_workers)
         if valid_dir is not None:
             valid = _librispeech_rows(valid_dir, num_workers)
         else:
             held = holdout([r["ID"] for r in rows], valid_fraction)
             valid = [{**r, "wrd": ""} for r in rows if r["ID"] in held]
             rows = [r for r in rows if r["ID"] not in held]
+        if verify_audio:
+            verify_audio_files([r["wav"] for r in rows + valid], "LibriLight", num_workers)
         write_csv(out / "train.csv", TRAIN_FIELDS, rows)
         write_csv(out / "valid.csv", VALID_FIELDS, valid)
 
-    run_once(save_folder, options, ["train.csv", "valid.csv"], build)
+    run_once(save_folder, options, ["train.csv", "valid.csv"], build, listing, verify_audio)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,11 +280,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-duration", type=float, default=20.2)
     parser.add_argument("--valid-fraction", type=float, default=0.01)
     parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--verify-audio", action="store_true",
+                        help="decode every kept file; refuse unreadable or truncated ones")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    prepare_librilight(
-        args.data_folder, args.save_folder, args.split or None, args.valid_folder,
-        args.min_duration, args.max_duration, args.valid_fraction, num_workers=args.num_workers,
+    run_command(
+        prepare_librilight, data_folder=args.data_folder, save_folder=args.save_folder,
+        split=args.split or None, valid_folder=args.valid_folder,
+        min_duration=args.min_duration, max_duration=args.max_duration,
+        valid_fraction=args.valid_fraction, num_workers=args.num_workers,
+        verify_audio=args.verify_audio,
     )
 
 

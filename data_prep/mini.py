@@ -13,7 +13,8 @@ Layout under ``out`` (each a real corpus' on-disk format, see ``shared/data_form
 Speakers are distinct eSpeak voice variants and pitches; emotions are distinct prosody (sad: low,
 slow, narrow; angry: fast, loud, wide; happy: high, wide; neutral: mid); intents are distinct
 command templates. The corpora hold junk that the preps must skip or reject like the real ones
-(``._`` resource forks, dropped emotion classes, an empty and an over-long CommonVoice prompt).
+(macOS ``._`` companion files beside the IEMOCAP, VoxCeleb, LibriLight and LibriSpeech files,
+dropped emotion classes, an empty and an over-long CommonVoice prompt).
 With the LibriLight defaults (10-30 s segments) the 20-30 s mini files give few segments; the mini
 pre-training config uses ``min_duration=2, max_duration=6``.
 
@@ -47,6 +48,8 @@ from data_prep.synth import Voice
 logger = logging.getLogger(__name__)
 
 SR = 16000
+# What a macOS copy leaves beside every file ("._<name>", AppleDouble): not audio, not text.
+RESOURCE_FORK = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        junk"
 # eSpeak variants without breath noise (which is not reproducible), alternating male/female.
 EN_VARIANTS = ["m1", "f1", "m3", "f4", "m5", "linda", "m2", "belinda", "m4", "aunty", "m6", "Andy"]
 FEMALE = {"f1", "f4", "linda", "belinda", "aunty"}
@@ -110,6 +113,7 @@ def build_librilight(out: Path, rng: random.Random) -> dict:
                 "book_meta": {"id": str(1000 + s), "title": f"Book {s}", "language": "English"},
             }
             (out / "librilight" / rel).with_suffix(".json").write_text(json.dumps(meta, indent=1))
+            (out / "librilight" / rel).with_name(f"._{stem}.flac").write_bytes(RESOURCE_FORK)
             truth[rel] = {"spk": spk, "frames": frames, "spans": spans}
     return truth
 
@@ -152,6 +156,7 @@ def build_librispeech(out: Path, rng: random.Random) -> dict:
             lines.append(f"{utt} {words}\n")
             truth[utt] = {"spk": spk, "frames": frames, "wrd": words}
         (folder / f"{spk}-{chapter}.trans.txt").write_text("".join(lines))
+        (folder / f"._{spk}-{chapter}.trans.txt").write_bytes(RESOURCE_FORK)
     return truth
 
 
@@ -328,11 +333,11 @@ def build_iemocap(out: Path, rng: random.Random) -> dict:
                 clock += frames / SR + rng.uniform(0.5, 2.0)
                 truth[utt] = {"session": n, "code": code, "spk": f"Ses0{n}{gender}",
                               "frames": frames}
-            (wav_dir / f"._{dialog}_F000.wav").write_bytes(b"\x00\x05\x16\x07Mac OS X junk")
+            (wav_dir / f"._{dialog}_F000.wav").write_bytes(RESOURCE_FORK)
             emo_dir = session / "dialog" / "EmoEvaluation"
             emo_dir.mkdir(parents=True, exist_ok=True)
             (emo_dir / f"{dialog}.txt").write_text("".join(blocks))
-            (emo_dir / f"._{dialog}.txt").write_bytes(b"\x00\x05\x16\x07\x00\x02junk")
+            (emo_dir / f"._{dialog}.txt").write_bytes(RESOURCE_FORK)
             (emo_dir / "Categorical").mkdir(exist_ok=True)
             (emo_dir / "Categorical" / f"{dialog}_e1_cat.txt").write_text(
                 f"{dialog}_F000 :Neutral state; ()\n"
@@ -375,6 +380,7 @@ def build_voxceleb(out: Path, rng: random.Random) -> dict:
                 rel = f"{spk}/{video}/{u + 1:05d}.wav"
                 frames = _save(root / "wav" / rel, voice.say(text))
                 truth[rel] = {"spk": spk, "set": subset, "frames": frames}
+            (root / "wav" / spk / video / "._00001.wav").write_bytes(RESOURCE_FORK)
     (root / "vox1_meta.csv").write_text("\n".join(meta) + "\n")
     tests = sorted(rel for rel, t in truth.items() if t["set"] == "test")
     trials = [

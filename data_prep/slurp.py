@@ -16,11 +16,13 @@ import json
 import logging
 from pathlib import Path
 
+from data_prep.audio_files import audio_frames, verify_audio_files
 from data_prep.common import (
     DataPrepError,
-    audio_frames,
+    corpus_listing,
     require_dir,
     require_file,
+    run_command,
     run_once,
     where,
     write_csv,
@@ -67,8 +69,12 @@ def prepare_slurp(
     use_synthetic: bool = False,
     skip_prep: bool = False,
     num_workers: int | None = None,
+    verify_audio: bool = False,
 ) -> None:
     """Write ``train.csv``, ``valid.csv`` (from ``devel.jsonl``) and ``test.csv`` for SLURP.
+
+    A completed save folder is reused while the options and the files read (the jsonl files and
+    the recordings they name: paths, sizes, modification times) are unchanged.
 
     Arguments
     ---------
@@ -83,7 +89,15 @@ def prepare_slurp(
     skip_prep : bool
         Do nothing.
     num_workers : int or None
-        Processes reading audio lengths.
+        Processes reading audio lengths (and decoding, with ``verify_audio``).
+    verify_audio : bool
+        Decode every recording and refuse if one is unreadable or shorter than its header says
+        (:func:`data_prep.audio_files.verify_audio_files`), before writing any manifest.
+
+    Raises
+    ------
+    DataPrepError
+        On bad input (naming the file and line), or when verification fails.
 
     Example
     -------
@@ -109,20 +123,27 @@ def prepare_slurp(
     options = {"text": str(text_dir.resolve()), "audio": str(audio_root.resolve()),
                "use_synthetic": use_synthetic}
 
+    jsonls = {name: require_file(text_dir / jsonl, "SLURP split") for name, jsonl in SPLITS.items()}
+    splits = {name: _jsonl_rows(jsonl, real) for name, jsonl in jsonls.items()}
+    if synth is not None:
+        jsonls["synthetic"] = require_file(text_dir / SYNTHETIC, "SLURP")
+        splits["train"] += _jsonl_rows(jsonls["synthetic"], synth)
+    inputs = [*jsonls.values(), *(row["wav"] for rows in splits.values() for row in rows)]
+    listing = corpus_listing(Path(data_folder), inputs)
+
     def build(out: Path) -> None:
-        splits = {
-            name: _jsonl_rows(require_file(text_dir / jsonl, "SLURP split"), real)
-            for name, jsonl in SPLITS.items()
-        }
-        if synth is not None:
-            splits["train"] += _jsonl_rows(require_file(text_dir / SYNTHETIC, "SLURP"), synth)
         for name, rows in splits.items():
             infos = audio_frames([r["wav"] for r in rows], f"SLURP {name}", num_workers)
             for row, (frames, rate) in zip(rows, infos, strict=True):
                 row["duration"] = frames / rate
+        if verify_audio:
+            verify_audio_files([r["wav"] for rows in splits.values() for r in rows], "SLURP",
+                               num_workers)
+        for name, rows in splits.items():
             write_csv(out / f"{name}.csv", FIELDS, rows)
 
-    run_once(save_folder, options, [f"{name}.csv" for name in SPLITS], build)
+    run_once(save_folder, options, [f"{name}.csv" for name in SPLITS], build, listing,
+             verify_audio)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,10 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio-folder", default=None, help="folder holding slurp_real/")
     parser.add_argument("--use-synthetic", action="store_true")
     parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--verify-audio", action="store_true",
+                        help="decode every recording; refuse unreadable or truncated ones")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    prepare_slurp(args.data_folder, args.save_folder, args.audio_folder, args.use_synthetic,
-                  num_workers=args.num_workers)
+    run_command(prepare_slurp, data_folder=args.data_folder, save_folder=args.save_folder,
+                audio_folder=args.audio_folder, use_synthetic=args.use_synthetic,
+                num_workers=args.num_workers, verify_audio=args.verify_audio)
 
 
 if __name__ == "__main__":

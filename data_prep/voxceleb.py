@@ -4,7 +4,9 @@
   whole ``crop_seconds`` it holds (``floor(duration / crop_seconds)`` rows ``<path>_<k>``, as the
   SpeechBrain VoxCeleb preparation the authors used); each row spans the whole file
   (``start = 0``, ``stop`` = its length), and the recipe reads a new random ``crop_seconds`` crop
-  of it every time the row is read. Utterances shorter than one crop are dropped (logged).
+  of it every time the row is read. Utterances shorter than one crop are dropped (logged); if
+  that leaves no training or no validation row, the preparation refuses, saying how many
+  utterances were dropped and how long the longest one is.
 * ``valid.csv``: the same rows for ``valid_fraction`` of each training speaker's utterances
   (picked evenly over the sorted paths; speakers with one utterance keep it in train).
 * ``enrol.csv`` / ``test.csv``: whole files named in the first / second path column of the trial
@@ -21,12 +23,15 @@ import argparse
 import logging
 from pathlib import Path
 
+from data_prep.audio_files import audio_frames, verify_audio_files
 from data_prep.common import (
     DataPrepError,
-    audio_frames,
+    corpus_listing,
     holdout,
+    list_files,
     require_dir,
     require_file,
+    run_command,
     run_once,
     utf8_lines,
     where,
@@ -107,8 +112,13 @@ def prepare_voxceleb(
     valid_fraction: float = 0.1,
     skip_prep: bool = False,
     num_workers: int | None = None,
+    verify_audio: bool = False,
 ) -> None:
     """Write VoxCeleb train/valid chunks, enrol/test files and the trial list.
+
+    A completed save folder is reused while the options and the corpus (the trial list and every
+    ``wav/*/*/*.wav``: paths, sizes, modification times) are unchanged. macOS ``._*`` companion
+    files are ignored.
 
     Arguments
     ---------
@@ -127,7 +137,16 @@ def prepare_voxceleb(
     skip_prep : bool
         Do nothing.
     num_workers : int or None
-        Processes reading audio lengths.
+        Processes reading audio lengths (and decoding, with ``verify_audio``).
+    verify_audio : bool
+        Decode every file kept and refuse if one is unreadable or shorter than its header says
+        (:func:`data_prep.audio_files.verify_audio_files`), before writing any manifest.
+
+    Raises
+    ------
+    DataPrepError
+        On bad input (naming the file), when no training or no validation chunk remains, or when
+        verification fails.
 
     Example
     -------
@@ -150,13 +169,14 @@ def prepare_voxceleb(
     trial_path = require_file(folder / trial_list, "VoxCeleb trial list")
     options = {"data_folder": str(folder.resolve()), "trial_list": str(trial_path.resolve()),
                "crop_seconds": crop_seconds, "valid_fraction": valid_fraction}
+    files = [p.relative_to(wav_dir).as_posix() for p in list_files(wav_dir, "*/*/*.wav")]
+    listing = corpus_listing(folder, [trial_path, *(wav_dir / rel for rel in files)])
 
     def build(out: Path) -> None:
         trials = read_trials(trial_path, wav_dir)
         enrol = sorted({t[1] for t in trials})
         test = sorted({t[2] for t in trials})
         test_speakers = {rel.split("/")[0] for rel in enrol + test}
-        files = sorted(p.relative_to(wav_dir).as_posix() for p in wav_dir.glob("*/*/*.wav"))
         train = [rel for rel in files if rel.split("/")[0] not in test_speakers]
         if not train:
             raise DataPrepError(f"{wav_dir}: no training speakers outside {trial_path}")
@@ -167,13 +187,16 @@ def prepare_voxceleb(
         lengths = audio_frames([wav_dir / rel for rel in every], "VoxCeleb", num_workers)
         infos = dict(zip(every, lengths, strict=True))
         rows = {"train": [], "valid": []}
-        short = 0
+        short = {"train": 0, "valid": 0}
         for rel in train:
+            split = "valid" if rel in held else "train"
             crops = _crop_rows(rel, str((wav_dir / rel).resolve()), *infos[rel], crop_seconds)
-            short += not crops
-            rows["valid" if rel in held else "train"] += crops
+            short[split] += not crops
+            rows[split] += crops
         logger.info("VoxCeleb: %d training utterances, %d shorter than %s s dropped",
-                    len(train), short, crop_seconds)
+                    len(train), sum(short.values()), crop_seconds)
+        _refuse_empty(rows, short, len(train), len(held), crop_seconds, valid_fraction,
+                      max(infos[rel][0] / infos[rel][1] for rel in train), wav_dir)
         for name, rels in (("enrol", enrol), ("test", test)):
             rows[name] = [
                 {"ID": rel, "duration": infos[rel][0] / infos[rel][1],
@@ -181,11 +204,40 @@ def prepare_voxceleb(
                  "spk_id": rel.split("/")[0]}
                 for rel in rels
             ]
+        if verify_audio:
+            verify_audio_files([row["wav"] for split in rows.values() for row in split],
+                               "VoxCeleb", num_workers)
         for name, chunk_rows in rows.items():
             write_csv(out / f"{name}.csv", FIELDS, chunk_rows)
         write_text(out / "trials.txt", trial_path.read_text(encoding="utf-8"))
 
-    run_once(save_folder, options, OUTPUTS, build)
+    run_once(save_folder, options, OUTPUTS, build, listing, verify_audio)
+
+
+def _refuse_empty(
+    rows: dict[str, list], short: dict[str, int], utterances: int, held: int,
+    crop_seconds: float, valid_fraction: float, longest: float, wav_dir: Path,
+) -> None:
+    """Raise :class:`DataPrepError` when no training or no validation chunk is left, saying how
+    many utterances were dropped and why."""
+    dropped = (f"{sum(short.values())} of the {utterances} utterances of training speakers are "
+               f"shorter than crop_seconds = {crop_seconds} s and were dropped (the longest is "
+               f"{longest:.2f} s)")
+    if not rows["train"]:
+        raise DataPrepError(
+            f"{wav_dir}: no training chunk: {dropped}, among them all {short['train']} not held "
+            f"out for validation; lower crop_seconds"
+        )
+    if rows["valid"]:
+        return
+    if held:
+        why = f"{dropped}, among them all {held} held out for validation; lower crop_seconds"
+    elif valid_fraction > 0:
+        why = (f"valid_fraction = {valid_fraction} holds out nothing (a speaker needs two "
+               f"utterances to lend one to validation)")
+    else:
+        why = "valid_fraction is 0, and the recipe validates on valid.csv"
+    raise DataPrepError(f"{wav_dir}: no validation chunk: {why}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,10 +255,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crop-seconds", type=float, default=3.0)
     parser.add_argument("--valid-fraction", type=float, default=0.1)
     parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--verify-audio", action="store_true",
+                        help="decode every kept file; refuse unreadable or truncated ones")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    prepare_voxceleb(args.data_folder, args.save_folder, args.trial_list, args.crop_seconds,
-                     args.valid_fraction, num_workers=args.num_workers)
+    run_command(prepare_voxceleb, data_folder=args.data_folder, save_folder=args.save_folder,
+                trial_list=args.trial_list, crop_seconds=args.crop_seconds,
+                valid_fraction=args.valid_fraction, num_workers=args.num_workers,
+                verify_audio=args.verify_audio)
 
 
 if __name__ == "__main__":

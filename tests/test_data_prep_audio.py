@@ -49,17 +49,28 @@ def test_resamples_to_target_rate(tmp_path, fmt, rate):
     assert abs(peak_hz - 440) < 5
 
 
-def test_missing_file_names_the_file(tmp_path):
+def test_missing_file_names_the_file_and_says_it_does_not_exist(tmp_path):
+    # libsndfile itself says only "System error."
     path = tmp_path / "nope.flac"
-    with pytest.raises(AudioReadError, match="nope.flac"):
+    with pytest.raises(AudioReadError) as error:
         read_audio(str(path))
+    assert str(error.value) == f"{path}: cannot read audio (file does not exist)"
+    (tmp_path / "folder.wav").mkdir()
+    with pytest.raises(AudioReadError, match=r"folder.wav: cannot read audio \(a folder, not a"):
+        read_audio(str(tmp_path / "folder.wav"))
 
 
-def test_garbage_file_names_the_file(tmp_path):
+def test_garbage_file_names_the_file_and_keeps_the_reason(tmp_path):
     path = tmp_path / "junk.wav"
     path.write_bytes(b"\x00\x05\x16\x07 not audio at all")
-    with pytest.raises(AudioReadError, match="junk.wav"):
+    with pytest.raises(AudioReadError) as error:
         read_audio(str(path))
+    assert str(error.value) == f"{path}: cannot read audio (Format not recognised.)"
+    truncated = tmp_path / "half.flac"
+    sf.write(truncated, _ramp(48000), 16000)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    with pytest.raises(AudioReadError, match=r"half.flac: cannot read audio \(.*flac decoder"):
+        read_audio(str(truncated))
 
 
 def test_empty_file_or_slice_is_an_error(tmp_path):

@@ -9,14 +9,8 @@ import pytest
 import soundfile as sf
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from data_prep.common import (
-    MARKER,
-    DataPrepError,
-    audio_frames,
-    holdout,
-    run_once,
-    write_csv,
-)
+from data_prep.audio_files import audio_frames
+from data_prep.common import MARKER, DataPrepError, holdout, run_once, write_csv
 
 
 def test_write_csv_loads_in_speechbrain(tmp_path):
@@ -40,7 +34,9 @@ def test_run_once_reuses_only_a_complete_matching_run(tmp_path):
     calls = []
     build = _counting_build(calls)
     assert run_once(tmp_path, {"x": 1}, ["out.csv"], build)
-    assert json.loads((tmp_path / MARKER).read_text()) == {"x": 1}
+    assert json.loads((tmp_path / MARKER).read_text()) == {
+        "options": {"x": 1}, "inputs": None, "verified_audio": False
+    }
     assert not run_once(tmp_path, {"x": 1}, ["out.csv"], build)
     assert len(calls) == 1
     assert run_once(tmp_path, {"x": 2}, ["out.csv"], build)  # other options: redone

@@ -178,7 +178,7 @@ def test_malformed_json_names_file_and_line(corpus_copy):
 
 
 def test_unreadable_audio_names_file(corpus_copy):
-    flac = next((corpus_copy / "ll").rglob("*.flac"))
+    flac = next((corpus_copy / "ll").rglob("[!.]*.flac"))
     flac.write_bytes(b"fLaC but truncated")
     with pytest.raises(DataPrepError, match=rf"{flac.name}: unreadable"):
         prepare_librilight(str(corpus_copy / "ll"), str(corpus_copy / "out"), "small")
@@ -186,7 +186,7 @@ def test_unreadable_audio_names_file(corpus_copy):
 
 
 def test_transcript_naming_missing_audio(corpus_copy):
-    trans = next((corpus_copy / "LibriSpeech").rglob("*.trans.txt"))
+    trans = next((corpus_copy / "LibriSpeech").rglob("[!.]*.trans.txt"))
     utt = trans.read_text().splitlines()[1].split()[0]
     (trans.parent / f"{utt}.flac").unlink()
     with pytest.raises(DataPrepError, match=rf"{trans.name}:2: audio .*{utt}.flac not found"):

@@ -43,11 +43,22 @@ def test_sample_rates_and_formats(mini_corpora):
     rates = [sf.info(str(c)).samplerate for c in clips]
     assert len(clips) == 60 and set(rates) == {48000, 32000} and rates.count(48000) > 40
     assert {sf.info(str(c)).format for c in clips} == {"MP3"}
-    for pattern in ["librilight/small/*/*/*.flac", "slurp/slurp_real/*.flac",
+    for pattern in ["librilight/small/*/*/[!.]*.flac", "slurp/slurp_real/*.flac",
                     "IEMOCAP_full_release/Session1/sentences/wav/*/Ses*.wav",
-                    "voxceleb1/wav/*/*/*.wav", "LibriSpeech/dev-clean/*/*/*.flac"]:
+                    "voxceleb1/wav/*/*/[!.]*.wav", "LibriSpeech/dev-clean/*/*/*.flac"]:
         files = list(mini_corpora.glob(pattern))
         assert files and all(sf.info(str(f)).samplerate == SR for f in files), pattern
+
+
+def test_macos_companion_files_sit_beside_the_audio(mini_corpora):
+    # A corpus copied from a Mac has a "._<name>" beside its files; the preps must skip them.
+    for pattern in ["librilight/small/*/*/._*.flac", "voxceleb1/wav/*/*/._*.wav",
+                    "LibriSpeech/dev-clean/*/*/._*.trans.txt",
+                    "IEMOCAP_full_release/Session1/sentences/wav/*/._*.wav"]:
+        files = list(mini_corpora.glob(pattern))
+        assert files, pattern
+        with pytest.raises(sf.LibsndfileError):
+            sf.info(str(files[0]))
 
 
 def test_librilight_json_matches_speech(mini_corpora, truth):

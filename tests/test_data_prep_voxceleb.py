@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from data_prep.common import DataPrepError
 from data_prep.voxceleb import main, prepare_voxceleb
@@ -116,3 +118,66 @@ def test_idempotent_and_cli(mini_corpora, tmp_path):
     main([data, str(tmp_path), "--crop-seconds", "1.5"])
     assert os.stat(tmp_path / "train.csv").st_mtime_ns != stamp
     assert len(read_csv(tmp_path / "train.csv")) > rows  # more whole 1.5 s crops than 3 s ones
+
+
+def _small_corpus(root, seconds):
+    """A VoxCeleb1 layout: ``wav/<id>/<video>/<n>.wav`` of the given lengths, two test speakers
+    (1 s utterances) in ``veri_test2.txt``."""
+    seconds = {**seconds, "id10270/a/00001.wav": 1.0, "id10270/b/00001.wav": 1.0,
+               "id10271/c/00001.wav": 1.0}
+    for rel, length in seconds.items():
+        (root / "wav" / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / "wav" / rel, np.full(round(length * 16000), 100, dtype=np.int16), 16000)
+    (root / "veri_test2.txt").write_text("1 id10270/a/00001.wav id10270/b/00001.wav\n"
+                                         "0 id10270/a/00001.wav id10271/c/00001.wav\n")
+    return root
+
+
+def test_every_training_utterance_shorter_than_a_crop_is_refused(tmp_path, caplog):
+    train = {f"id1000{s}/v{s}/0000{u}.wav": 1.5 + 0.25 * u for s in range(3) for u in (1, 2)}
+    corpus = _small_corpus(tmp_path / "vox", train)
+    with pytest.raises(DataPrepError, match=(
+        r"wav: no training chunk: 6 of the 6 utterances of training speakers are shorter than "
+        r"crop_seconds = 3.0 s and were dropped \(the longest is 2.00 s\), among them all 3 not "
+        r"held out for validation; lower crop_seconds"
+    )):
+        prepare_voxceleb(str(corpus), str(tmp_path / "out"), valid_fraction=0.5)
+    assert not (tmp_path / "out" / "train.csv").exists()
+    with caplog.at_level("ERROR"), pytest.raises(SystemExit, match="1"):
+        main([str(corpus), str(tmp_path / "out")])
+    assert "no training chunk" in caplog.text
+    prepare_voxceleb(str(corpus), str(tmp_path / "out"), crop_seconds=1.5, valid_fraction=0.5)
+    assert len(read_csv(tmp_path / "out" / "train.csv")) == 3
+
+
+def test_no_validation_chunk_is_refused(tmp_path):
+    # holdout() lends the second of each speaker's two utterances to validation: make it short.
+    train = {f"id1000{s}/v{s}/0000{u}.wav": 4.0 if u == 1 else 2.0 for s in range(3)
+             for u in (1, 2)}
+    corpus = _small_corpus(tmp_path / "vox", train)
+    with pytest.raises(DataPrepError, match=(
+        r"no validation chunk: 3 of the 6 utterances of training speakers are shorter than "
+        r"crop_seconds = 3.0 s and were dropped \(the longest is 4.00 s\), among them all 3 held "
+        r"out for validation"
+    )):
+        prepare_voxceleb(str(corpus), str(tmp_path / "out"), valid_fraction=0.5)
+    with pytest.raises(DataPrepError, match="no validation chunk: valid_fraction is 0"):
+        prepare_voxceleb(str(corpus), str(tmp_path / "out"), valid_fraction=0.0)
+    single = _small_corpus(tmp_path / "single", {f"id1000{s}/v/00001.wav": 4.0 for s in range(3)})
+    with pytest.raises(DataPrepError, match="valid_fraction = 0.1 holds out nothing"):
+        prepare_voxceleb(str(single), str(tmp_path / "out"))
+
+
+def test_deleted_training_file_is_not_reused(corpus_copy, tmp_path, truth):
+    def listed():
+        return {r["wav"] for name in ("train", "valid")
+                for r in read_csv(tmp_path / "out" / f"{name}.csv")}
+
+    rel = next(rel for rel, t in sorted(truth.items()) if t["set"] == "dev" and
+               t["frames"] >= 48000)
+    wav = str((corpus_copy / "wav" / rel).resolve())
+    prepare_voxceleb(str(corpus_copy), str(tmp_path / "out"))
+    assert wav in listed()
+    (corpus_copy / "wav" / rel).unlink()
+    prepare_voxceleb(str(corpus_copy), str(tmp_path / "out"))
+    assert listed() and wav not in listed()
