@@ -45,13 +45,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.checkpoints import (
-    Checkpointer,
     mark_as_loader,
     mark_as_saver,
     register_checkpoint_hooks,
 )
 
 from summarymixing.architecture import build, check_architecture, describe, to_yaml
+from summarymixing.checkpoints import SafeCheckpointer
 from summarymixing.downstream.huggingface import huggingface_source, load_huggingface
 from summarymixing.w2v2.encoder import W2V2Encoder
 
@@ -205,10 +205,10 @@ def export_encoder(encoder: W2V2Encoder, folder: str | os.PathLike) -> Path:
 
 def find_checkpoint_folder(path: Path) -> Path:
     """The checkpoint to read: ``path`` itself when it holds ``architecture.ckpt``, else the
-    newest checkpoint of the Checkpointer folder ``path`` (``Checkpointer.find_checkpoint``)."""
+    newest complete checkpoint of the Checkpointer folder ``path`` (``find_checkpoint``)."""
     if (path / ARCH_FILE).is_file():
         return path
-    checkpoint = Checkpointer(path).find_checkpoint(
+    checkpoint = SafeCheckpointer(path).find_checkpoint(
         ckpt_predicate=lambda ckpt: (ckpt.path / ARCH_FILE).is_file()
     )
     if checkpoint is None:

@@ -47,7 +47,9 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 from speechbrain.utils.distributed import if_main_process, is_distributed_initialized
+from torch.utils.data import DistributedSampler
 
+from summarymixing.checkpoints import RunLock
 from summarymixing.memory import process_status_kib
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,10 @@ class NonFiniteLossError(RuntimeError):
     """Too many steps had a non-finite loss or gradient."""
 
 
+class NoTrainingStepError(RuntimeError):
+    """An epoch made no optimizer step: nothing would be trained."""
+
+
 def batch_ids(batch: Any) -> list[str]:
     """The utterance ids of a batch: a ``PaddedBatch``'s ``id``, else none.
 
@@ -148,6 +154,66 @@ class GuardedBrain(sb.Brain):
         self.grad_norm = float("nan")
         self._loss_not_finite = False
         self._group_ids: list[str] = []
+
+    # ------------------------------------------------------------------ run and epochs
+    def fit(self, *args: Any, **kwargs: Any) -> Any:
+        """SpeechBrain's ``fit``, holding :class:`~summarymixing.checkpoints.RunLock` on the
+        checkpoint folder (main process): a second run in the same folder is refused."""
+        lock = None
+        if self.checkpointer is not None and if_main_process():
+            lock = RunLock(self.checkpointer.checkpoints_dir)
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train_loader_specifics(self, dataset: Any, loader_kwargs: dict) -> dict:
+        """SpeechBrain's, with every epoch its own order: a ``batch_sampler`` with ``set_epoch``
+        (``DynamicBatchSampler``) becomes the ``train_sampler`` SpeechBrain calls ``set_epoch``
+        on each epoch (it only does so for samplers it makes); under DDP, ``shuffle: True``
+        shuffles (SpeechBrain shuffles there only when ``hparams.sorting`` is ``random``)."""
+        batch_sampler = loader_kwargs.get("batch_sampler")
+        if (
+            self.distributed_launch and loader_kwargs.get("shuffle")
+            and batch_sampler is None and loader_kwargs.get("sampler") is None
+        ):
+            self.train_sampler = DistributedSampler(
+                dataset, rank=self.rank, shuffle=True,
+                drop_last=loader_kwargs.get("drop_last", False),
+                seed=int(getattr(self.hparams, "seed", 0)),
+            )
+            return {**loader_kwargs, "shuffle": False, "sampler": self.train_sampler}
+        loader_kwargs = super()._train_loader_specifics(dataset, loader_kwargs)
+        if self.train_sampler is None and hasattr(batch_sampler, "set_epoch"):
+            self.train_sampler = batch_sampler
+        return loader_kwargs
+
+    def _fit_train(self, train_set: Any, epoch: int, enable: bool) -> None:
+        """SpeechBrain's epoch, refused when it would make no optimizer step (a loader without
+        batches, or fewer batches than ``grad_accumulation_factor``): training would silently
+        do nothing."""
+        try:
+            batches = len(train_set)
+        except TypeError:  # an iterable dataset
+            batches = None
+        if batches == 0:
+            raise NoTrainingStepError(
+                f"epoch {epoch}: the training loader has no batch (fewer training items than "
+                "one batch, with drop_last?): nothing would be trained"
+            )
+        resumed_in_epoch = self.step > 0
+        steps, skipped = self.optimizer_step, self.nonfinite_count
+        super()._fit_train(train_set, epoch, enable)
+        limit = self.optimizer_step_limit
+        if (
+            not resumed_in_epoch and self.optimizer_step == steps
+            and self.nonfinite_count == skipped and (limit is None or steps < limit)
+        ):
+            raise NoTrainingStepError(
+                f"epoch {epoch} made no optimizer step ({batches} batches, "
+                f"grad_accumulation_factor={self.grad_accumulation_factor}): nothing was trained"
+            )
 
     # ------------------------------------------------------------------ DDP
     def has_unused_parameters(self) -> bool:

@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
             "text_normalization": hparams["text_normalization"],
             "min_words": hparams["min_words"],
             "skip_prep": hparams["skip_prep"],
+            "verify_audio": hparams["verify_audio"],
         },
     )
     run_on_main(hparams["tokenizer"])  # trains the SentencePiece model once, on train.csv

@@ -123,6 +123,7 @@ def prepare_folds(hparams: dict) -> None:
             "save_folder": str(prep / "session"),
             "valid_fraction": hparams["valid_fraction"],
             "skip_prep": hparams["skip_prep"],
+            "verify_audio": hparams["verify_audio"],
         },
     )
     if hparams["fold_protocol"] == "speaker" and not hparams["skip_prep"]:

@@ -210,6 +210,7 @@ def main(argv: list[str]) -> W2V2Brain:
             "split": hparams["librilight_split"], "valid_folder": hparams["valid_folder"],
             "min_duration": hparams["min_duration"], "max_duration": hparams["max_duration"],
             "skip_prep": hparams["skip_prep"],
+            "verify_audio": hparams["verify_audio"],
         },
     )
     train_data, valid_data, train_kwargs, valid_kwargs = dataio_prepare(hparams)

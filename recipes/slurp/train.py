@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
             "save_folder": hparams["prep_folder"],
             "use_synthetic": hparams["use_synthetic"],
             "skip_prep": hparams["skip_prep"],
+            "verify_audio": hparams["verify_audio"],
         },
     )
     datasets, label_encoders = dataio_prepare(hparams)

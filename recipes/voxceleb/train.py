@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
             "crop_seconds": hparams["crop_seconds"],
             "valid_fraction": hparams["valid_fraction"],
             "skip_prep": hparams["skip_prep"],
+            "verify_audio": hparams["verify_audio"],
         },
     )
     datasets, num_speakers = dataio_prepare(hparams)
