@@ -113,22 +113,52 @@ def min_maskable_frames(mask_prob: float, mask_length: int) -> int:
     return math.floor(2 * mask_length / (1.0 - mask_prob)) + 1
 
 
+class MaskedBatch(tuple):
+    """A pre-training batch ``(wavs, wav_lens, mask)`` that also carries its utterance ids as
+    ``id`` (as SpeechBrain's ``PaddedBatch`` does), so errors can name them.
+
+    Example
+    -------
+    >>> batch = MaskedBatch((torch.ones(1, 4), torch.ones(1), torch.ones(1, 2)), ["a"])
+    >>> wavs, wav_lens, mask = batch
+    >>> batch.id, wavs.shape
+    (['a'], torch.Size([1, 4]))
+    """
+
+    id: list[str]
+
+    def __new__(cls, tensors: tuple, ids: list[str]) -> MaskedBatch:
+        batch = super().__new__(cls, tensors)
+        batch.id = list(ids)
+        return batch
+
+    def __reduce__(self) -> tuple:
+        """Picklable across data-loader workers."""
+        return MaskedBatch, (tuple(self), self.id)
+
+
+def _collate_with_ids(samples: list[dict], **kwargs: Any) -> MaskedBatch:
+    return MaskedBatch(w2v_mask_collate_fn(samples, **kwargs), [s["id"] for s in samples])
+
+
 def mask_collate_fn(
     frontend: FbankFrontEnd, mask_prob: float, mask_length: int
 ) -> partial:
     """SpeechBrain's ``w2v_mask_collate_fn`` with this front end's exact output lengths: a
-    collate function turning ``[{"id", "sig"}, ...]`` into ``(wavs, wav_lens, mask)``.
+    collate function turning ``[{"id", "sig"}, ...]`` into a :class:`MaskedBatch`
+    ``(wavs, wav_lens, mask)`` with the ids.
 
     Example
     -------
     >>> collate = mask_collate_fn(FbankFrontEnd(n_mels=40, out_channels=[32, 32]), 0.65, 10)
-    >>> wavs, lens, mask = collate([{"id": "a", "sig": torch.randn(32000)},
-    ...                             {"id": "b", "sig": torch.randn(24000)}])
-    >>> wavs.shape, mask.shape, mask.sum(dim=1)[0] == mask.sum(dim=1)[1]
-    (torch.Size([2, 32000]), torch.Size([2, 98]), tensor(True))
+    >>> batch = collate([{"id": "a", "sig": torch.randn(32000)},
+    ...                  {"id": "b", "sig": torch.randn(24000)}])
+    >>> wavs, lens, mask = batch
+    >>> wavs.shape, mask.shape, mask.sum(dim=1)[0] == mask.sum(dim=1)[1], batch.id
+    (torch.Size([2, 32000]), torch.Size([2, 98]), tensor(True), ['a', 'b'])
     """
     return partial(
-        w2v_mask_collate_fn,
+        _collate_with_ids,
         get_out_len_fn=frontend.output_lengths,
         mask_prob=mask_prob,
         mask_length=mask_length,
