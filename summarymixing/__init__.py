@@ -9,6 +9,7 @@ Example
 torch.Size([2, 9, 16])
 """
 
+from summarymixing.asr import TransformerASR
 from summarymixing.branchformer import BranchformerEncoder
 from summarymixing.cell import MODES, SummaryMixing
 from summarymixing.encoders import ConformerEncoder, MixerEncoder, TransformerEncoder
@@ -27,6 +28,7 @@ __all__ = [
     "MixerEncoder",
     "MultiheadSDPA",
     "SummaryMixing",
+    "TransformerASR",
     "TransformerEncoder",
     "build_mixer",
     "summary_mixing_options",

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CORE_FILES = ("summarymixing/__init__.py", "summarymixing/cell.py", "summarymixing/mixers.py",
               "summarymixing/encoders.py", "summarymixing/architecture.py",
-              "summarymixing/branchformer.py")
+              "summarymixing/branchformer.py", "summarymixing/asr.py")
 CORE_FOLDERS = ("summarymixing/w2v2",)
 CORE_THIRD_PARTY = {"torch", "speechbrain"}
 

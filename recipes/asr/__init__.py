@@ -1,0 +1,1 @@
+"""CommonVoice speech recognition from scratch: SummaryMixing Conformer, CTC + attention."""
