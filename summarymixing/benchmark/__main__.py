@@ -7,8 +7,11 @@ for SummaryMixing, SpeechBrain's regularMHA and PyTorch SDPA attention, prints a
 measures them with Dynamic Chunk Training (streaming models), written as
 ``<level>_<device>_<size>_chunk<C>[_left<N>]``.
 
-``python -m summarymixing.benchmark pretrain ...`` benchmarks a full wav2vec 2.0 pre-training
-step (see ``summarymixing.benchmark.pretrain``).
+``python -m summarymixing.benchmark pretrain [--models SummaryMixing MHSA SDPA]
+[--seconds 5 10 20 30 60 | --batch paper] ...`` benchmarks a full wav2vec 2.0 pre-training step
+on utterances of given lengths or on a paper-like dynamic batch (360 s of 10-20.2 s segments),
+with interleaved timing (median, min, spread) and a deterministic memory figure (see
+``summarymixing.benchmark.pretrain``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,11 @@
-"""Timing, peak-memory measurement and reporting (table, CSV, PNG) shared by the benchmarks.
+"""Timing, memory measurement and reporting (table, CSV, PNG) shared by the benchmarks.
+
+Time: the steps are interleaved round-robin in one process, after warm-up; each reports the
+median, the minimum and the spread (``max - min``) of its timed steps.
+
+Deterministic memory (:func:`saved_tensor_bytes`, :func:`training_state_bytes`): the bytes of the
+tensors autograd saves for backward (unique storages, seen through saved-tensor hooks) plus the
+parameters, their gradients and the optimizer state. It does not depend on the allocator.
 
 Peak memory is the growth of memory during one step above what was held before it:
 ``torch.cuda.max_memory_allocated`` on CUDA; on CPU, the process's peak resident set size
@@ -14,7 +21,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -83,20 +90,84 @@ def seconds_of(step: Callable[[], None], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def saved_tensor_bytes(
+    step: Callable[[], None], exclude: Iterable[torch.Tensor] = ()
+) -> int:
+    """Bytes of the tensors autograd saves for backward during one call of ``step``: the sum of
+    ``nbytes`` over the unique storages packed by the saved-tensor hooks, leaving out the
+    storages of ``exclude`` (e.g. the parameters, counted apart).
+
+    Arguments
+    ---------
+    step : Callable
+        Runs a forward (and usually backward) pass.
+    exclude : Iterable[torch.Tensor]
+        Tensors whose storages are not counted.
+
+    Returns
+    -------
+    int
+        Bytes.
+
+    Example
+    -------
+    >>> layer = torch.nn.Linear(4, 3)
+    >>> x = torch.ones(2, 4)
+    >>> saved_tensor_bytes(lambda: torch.tanh(layer(x)).sum().backward(), layer.parameters())
+    56
+    """
+    excluded = {tensor.untyped_storage().data_ptr() for tensor in exclude}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return sum(storages.values())
+
+
+def training_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the trainable parameters, one gradient per trainable parameter, and every tensor
+    in the optimizer's state (AdamW: ``exp_avg``, ``exp_avg_sq``, ``step``).
+
+    Example
+    -------
+    >>> layer = torch.nn.Linear(4, 3)  # 15 float32 parameters
+    >>> optimizer = torch.optim.AdamW(layer.parameters())
+    >>> layer(torch.ones(1, 4)).sum().backward(); optimizer.step()
+    >>> training_state_bytes(layer, optimizer)  # 4 x 15 x 4 bytes + 2 step counters
+    248
+    """
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    weights = sum(p.nbytes for p in parameters)
+    state = sum(
+        value.nbytes for per_parameter in optimizer.state.values()
+        for value in per_parameter.values() if isinstance(value, torch.Tensor)
+    )
+    return 2 * weights + state
+
+
 def measure_side_by_side(
     steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, warmup: int = 1
 ) -> dict[str, dict[str, float]]:
-    """Median time and peak memory of each step, the steps interleaved round-robin so that
-    machine noise hits them alike.
+    """Time and peak memory of each step, the steps interleaved round-robin (after ``warmup``
+    calls each) so that machine noise hits them alike.
 
-    Returns ``{name: {"seconds": median, "peak_bytes": peak}}``.
+    Returns ``{name: {"seconds": median, "min_seconds", "max_seconds", "spread_seconds":
+    max - min, "peak_bytes": peak}}``.
 
     Example
     -------
     >>> result = measure_side_by_side({"a": lambda: None}, torch.device("cpu"), repeats=2)
     >>> sorted(result["a"])
-    ['peak_bytes', 'seconds']
+    ['max_seconds', 'min_seconds', 'peak_bytes', 'seconds', 'spread_seconds']
     """
+    if repeats < 1:
+        raise ValueError(f"expected at least one timed step, got repeats={repeats}")
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -107,6 +178,9 @@ def measure_side_by_side(
     return {
         name: {
             "seconds": statistics.median(times[name]),
+            "min_seconds": min(times[name]),
+            "max_seconds": max(times[name]),
+            "spread_seconds": max(times[name]) - min(times[name]),
             "peak_bytes": peak_memory_of(step, device),
         }
         for name, step in steps.items()
@@ -153,9 +227,11 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
 
 def plot_time_and_memory(
-    rows: Sequence[dict], x_key: str, x_label: str, title: str, path: Path
+    rows: Sequence[dict], x_key: str, x_label: str, title: str, path: Path,
+    memory_keys: Sequence[str] = ("peak_mib",),
 ) -> None:
-    """Two log-log panels, seconds and peak MiB against ``x_key``, one line per ``model``.
+    """Two log-log panels, seconds and memory (MiB, each of ``memory_keys``: solid, dashed, ...)
+    against ``x_key``, one colour per ``model``.
 
     Example
     -------
@@ -176,9 +252,12 @@ def plot_time_and_memory(
     for model in dict.fromkeys(row["model"] for row in rows):
         mine = [row for row in rows if row["model"] == model]
         xs = [row[x_key] for row in mine]
-        time_axis.plot(xs, [row["seconds"] for row in mine], marker="o", label=model)
-        memory_axis.plot(xs, [row["peak_mib"] for row in mine], marker="o", label=model)
-    for axis, label in ((time_axis, "seconds per step"), (memory_axis, "peak memory (MiB)")):
+        (line,) = time_axis.plot(xs, [row["seconds"] for row in mine], marker="o", label=model)
+        for key, style in zip(memory_keys, ("-", "--", ":", "-."), strict=False):
+            label = model if len(memory_keys) == 1 else f"{model} {key}"
+            memory_axis.plot(xs, [row[key] for row in mine], marker="o", linestyle=style,
+                             color=line.get_color(), label=label)
+    for axis, label in ((time_axis, "seconds per step"), (memory_axis, "memory (MiB)")):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel(x_label)

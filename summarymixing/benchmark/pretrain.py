@@ -1,25 +1,43 @@
-"""Benchmark of one full wav2vec 2.0 pre-training step, SummaryMixing vs MHSA.
+"""Benchmark of one full wav2vec 2.0 pre-training step, SummaryMixing vs MHSA (vs SDPA).
 
 A step is what the recipe does per optimizer update: filterbank front end, masked context
 encoder, quantiser, negatives, contrastive + diversity loss, backward, gradient clipping and an
 AdamW update. Both models are built from the classes the recipe's YAML uses, with its
-regularisation, and differ only in ``attention_type``; their steps are timed interleaved in one
-run.
+regularisation, and differ only in ``attention_type`` (``MHSA``: SpeechBrain's regularMHA;
+``SDPA``: PyTorch's fused ``scaled_dot_product_attention``). All models run on identical batches
+(same waveforms, lengths and masks); their steps are timed interleaved in one process, after a
+warm-up step, reporting median, minimum and spread (``max - min``); a ratio is flagged
+"within noise" when the difference of the medians is smaller than the larger spread.
 
-``python -m summarymixing.benchmark pretrain [--device cuda] [--size paper|small]
-[--seconds 5 10 20 30] [--activation-checkpointing]`` prints a table and writes
-``<out>/pretrain_<device>_<size>.csv`` and ``.png``.
+Memory is reported three ways: ``det_mib``, deterministic: ``saved_mib`` (bytes saved for
+backward) + ``state_mib`` (parameters + gradients + AdamW state), see
+``summarymixing.benchmark.measure``; ``peak_mib``, the growth of the resident set (CPU) or of the
+allocated memory (CUDA) during one step; and on CUDA ``cuda_max_allocated_mib``, the allocator's
+peak over one step (``max_memory_allocated``). Under ``--activation-checkpointing``
+``saved_mib`` leaves out what checkpointed layers keep and recompute: a lower bound there.
+
+Batches: ``--seconds 5 10 20 30 60`` gives ``--batch-size`` random utterances of each length
+(the growth with length); ``--batch paper`` gives one dynamic batch as in the paper: segment
+durations drawn uniformly in [10, 20.2] s (fixed seed), grouped by SpeechBrain's
+``DynamicBatchSampler`` (70 buckets) into batches of at most ``--max-batch-seconds`` (360) s of
+audio, padded and masked by the recipe's collate function; the first batch is measured.
+
+``python -m summarymixing.benchmark pretrain [--device cuda] [--size paper|small|tiny]
+[--models SummaryMixing MHSA SDPA] [--seconds 5 10 20 30 60 | --batch paper]
+[--repeats 5] [--warmup 1] [--activation-checkpointing] [--quick]`` prints a table and writes
+``<out>/pretrain_<device>_<size>[_paperbatch][_ckpt].csv`` and ``.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from speechbrain.dataio.sampler import DynamicBatchSampler
 from speechbrain.lobes.models.wav2vec import W2VTargetQuantiser, compute_mask
 from speechbrain.nnet.losses import ContrastiveLoss
 
@@ -29,18 +47,28 @@ from summarymixing.benchmark.measure import (
     measure_side_by_side,
     pin_cpu_allocator,
     plot_time_and_memory,
+    saved_tensor_bytes,
+    training_state_bytes,
     write_csv,
 )
 from summarymixing.w2v2 import FbankFrontEnd, W2V2Encoder
-from summarymixing.w2v2.pretrain import W2V2Pretrainer, min_maskable_frames, w2v2_objectives
+from summarymixing.w2v2.pretrain import (
+    W2V2Pretrainer,
+    mask_collate_fn,
+    min_maskable_frames,
+    w2v2_objectives,
+)
 
 logger = logging.getLogger(__name__)
 
 SIZES = {  # paper: hparams/pretrain/summarymixing_w2v2.yaml
     "paper": {"d_model": 768, "d_ffn": 3072, "nhead": 8, "num_layers": 12, "latent_dim": 512},
     "small": {"d_model": 256, "d_ffn": 1024, "nhead": 4, "num_layers": 6, "latent_dim": 256},
+    "tiny": {"d_model": 32, "d_ffn": 64, "nhead": 4, "num_layers": 2, "latent_dim": 32},
 }
-MODELS = {"SummaryMixing": "SummaryMixing", "MHSA": "regularMHA"}
+MODELS = {"SummaryMixing": "SummaryMixing", "MHSA": "regularMHA", "SDPA": "SDPA"}
+PAPER_DURATIONS = (10.0, 20.2)  # seconds: the paper's VAD segments
+PAPER_BATCH_SECONDS = 360.0  # seconds of audio per batch (hparams/pretrain/summarymixing_w2v2.yaml)
 
 
 def build_w2v2_encoder(
@@ -66,74 +94,227 @@ def build_w2v2_encoder(
     return W2V2Encoder(frontend, context, d_model, dropout_encoder_input=0.1)
 
 
-def pretrain_step(
-    attention_type: str, size: str, seconds: float, batch_size: int, device: torch.device,
-    activation_checkpointing: bool = False, sample_rate: int = 16000,
-) -> Callable[[], None]:
-    """A callable running one full pre-training step on ``batch_size`` random utterances of
-    ``seconds`` seconds (paper objective: 100 negatives, mask 0.65 x 10 frames; dropout 0.1).
+def random_batch(
+    seconds: float, batch_size: int, frontend: FbankFrontEnd, sample_rate: int = 16000
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batch_size`` random utterances of ``seconds`` seconds, masked as in the paper (0.65 x 10
+    frames): ``(wavs (B, S), wav_lens (B,), mask (B, T))``.
 
     Example
     -------
-    >>> step = pretrain_step("SummaryMixing", "small", 2.0, 1, torch.device("cpu"))
+    >>> wavs, lens, mask = random_batch(2.0, 1, FbankFrontEnd(out_channels=[32, 32]))
+    >>> wavs.shape, mask.shape
+    (torch.Size([1, 32000]), torch.Size([1, 98]))
+    """
+    samples = int(seconds * sample_rate)
+    frames = int(frontend.output_lengths(torch.tensor([samples]))[0])
+    fewest = min_maskable_frames(0.65, 10)
+    if frames < fewest:
+        raise ValueError(f"expected utterances of at least {fewest} frames for span masking, "
+                         f"got {seconds} s ({frames} frames)")
+    mask = torch.as_tensor(compute_mask((batch_size, frames), [frames] * batch_size, 0.65, 10))
+    return torch.randn(batch_size, samples), torch.ones(batch_size), mask
+
+
+def paper_batch(
+    frontend: FbankFrontEnd, max_batch_seconds: float = PAPER_BATCH_SECONDS,
+    durations_range: tuple[float, float] = PAPER_DURATIONS, sample_rate: int = 16000,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first dynamic batch of a synthetic corpus like the paper's: 1000 segment durations
+    uniform in ``durations_range`` (seeded), grouped by SpeechBrain's ``DynamicBatchSampler``
+    (70 buckets, shuffled, random batch order), random waveforms padded and masked (0.65 x 10
+    frames, the same count per row) by the recipe's collate function.
+
+    Arguments
+    ---------
+    frontend : FbankFrontEnd
+        Gives the number of latent frames per waveform (for the mask).
+    max_batch_seconds : float
+        Most seconds of audio per batch (the paper: 360).
+    durations_range : tuple[float, float]
+        Lowest and highest segment duration in seconds (the paper: 10 to 20.2).
+    sample_rate : int
+        Samples per second.
+    seed : int
+        Seed of the durations, the sampler and the waveforms.
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        ``wavs (B, S)``, relative ``wav_lens (B,)``, ``mask (B, T)``.
+
+    Example
+    -------
+    >>> wavs, lens, mask = paper_batch(FbankFrontEnd(out_channels=[32, 32]), 8.0, (2.0, 3.0))
+    >>> wavs.shape[0] >= 2, float(lens.max()), wavs.shape[1] <= 3 * 16000, mask.shape[0]
+    (True, 1.0, True, 3)
+    """
+    generator = torch.Generator().manual_seed(seed)
+    low, high = durations_range
+    durations = (low + (high - low) * torch.rand(1000, generator=generator)).tolist()
+    sampler = DynamicBatchSampler(durations, max_batch_seconds, num_buckets=70, shuffle=True,
+                                  batch_ordering="random", lengths_list=durations, seed=seed)
+    indices = next(iter(sampler))
+    samples = [{"id": str(index),
+                "sig": torch.randn(int(durations[int(index)] * sample_rate), generator=generator)}
+               for index in indices]
+    wavs, wav_lens, mask = mask_collate_fn(frontend, 0.65, 10)(samples)
+    return wavs, wav_lens, mask
+
+
+@dataclass
+class PretrainStep:
+    """One full pre-training step of ``model`` on a fixed batch; calling it runs the step."""
+
+    model: W2V2Pretrainer
+    optimizer: torch.optim.Optimizer
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    loss_fn: ContrastiveLoss
+
+    def __call__(self) -> None:
+        """Forward, losses, backward, clipping, AdamW update."""
+        outputs = self.model(*self.batch)
+        loss = w2v2_objectives(outputs, self.loss_fn, 100, 0.1)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 100.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def deterministic_bytes(self) -> tuple[int, int]:
+        """Runs one step and returns the bytes saved for backward during it (parameters
+        excluded) and the bytes of parameters, gradients and optimizer state.
+
+        Under activation checkpointing the saved bytes leave out what the checkpointed layers
+        keep for recomputation and recompute in backward: a lower bound there."""
+        saved = saved_tensor_bytes(self, self.model.parameters())
+        return saved, training_state_bytes(self.model, self.optimizer)
+
+
+def pretrain_step(
+    attention_type: str, size: str, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    device: torch.device, activation_checkpointing: bool = False,
+) -> PretrainStep:
+    """One full pre-training step on ``batch`` (``(wavs, wav_lens, mask)``, e.g. from
+    :func:`random_batch` or :func:`paper_batch`): paper objective, 100 negatives, dropout 0.1.
+
+    Example
+    -------
+    >>> batch = random_batch(2.0, 1, FbankFrontEnd(out_channels=[32, 32]))
+    >>> step = pretrain_step("SummaryMixing", "tiny", batch, torch.device("cpu"))
     >>> step()
+    >>> saved, state = step.deterministic_bytes()
+    >>> saved > 0, state > 4 * 4 * sum(p.numel() for p in step.model.parameters()) - 1
+    (True, True)
     """
     encoder = build_w2v2_encoder(attention_type, size, activation_checkpointing)
     latent_dim = encoder.frontend.out_dim
     model = W2V2Pretrainer(encoder, W2VTargetQuantiser(latent_dim, 256), 256).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05, eps=1e-6)
-    loss_fn = ContrastiveLoss(0.1)
-    samples = int(seconds * sample_rate)
-    wavs = torch.randn(batch_size, samples, device=device)
-    wav_lens = torch.ones(batch_size, device=device)
-    frames = int(encoder.frontend.output_lengths(torch.tensor([samples]))[0])
-    fewest = min_maskable_frames(0.65, 10)
-    if frames < fewest:
-        raise ValueError(f"expected utterances of at least {fewest} frames for span masking, "
-                         f"got {seconds} s ({frames} frames)")
-    mask = torch.as_tensor(compute_mask((batch_size, frames), [frames] * batch_size, 0.65, 10),
-                           device=device)
+    on_device = tuple(tensor.to(device) for tensor in batch)
+    return PretrainStep(model, optimizer, on_device, ContrastiveLoss(0.1))
 
-    def step() -> None:
-        outputs = model(wavs, wav_lens, mask)
-        loss = w2v2_objectives(outputs, loss_fn, 100, 0.1)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
-    return step
+def measure_batch(
+    models: list[str], size: str, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    device: torch.device, repeats: int, warmup: int, activation_checkpointing: bool,
+) -> dict[str, dict[str, float]]:
+    """Time (interleaved), resident-set peak, deterministic memory and, on CUDA, the allocator's
+    peak of each model's step on the same ``batch``."""
+    torch.manual_seed(0)
+    steps = {name: pretrain_step(MODELS[name], size, batch, device, activation_checkpointing)
+             for name in models}
+    result = measure_side_by_side(steps, device, repeats, warmup)
+    for name, step in steps.items():
+        result[name]["saved_bytes"], result[name]["state_bytes"] = step.deterministic_bytes()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+            result[name]["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    return result
+
+
+def _row(name: str, seconds_audio: float, batch_size: int, measured: dict[str, float]) -> dict:
+    row = {"model": name, "seconds_audio": seconds_audio, "batch_size": batch_size,
+           "seconds": measured["seconds"], "min_seconds": measured["min_seconds"],
+           "spread_seconds": measured["spread_seconds"],
+           "peak_mib": measured["peak_bytes"] / 2**20,
+           "saved_mib": measured["saved_bytes"] / 2**20,
+           "state_mib": measured["state_bytes"] / 2**20,
+           "det_mib": (measured["saved_bytes"] + measured["state_bytes"]) / 2**20}
+    if "cuda_max_allocated_bytes" in measured:
+        row["cuda_max_allocated_mib"] = measured["cuda_max_allocated_bytes"] / 2**20
+    return row
 
 
 def run(size: str, seconds_list: list[float], device: torch.device, repeats: int,
-        batch_size: int, activation_checkpointing: bool) -> list[dict]:
-    """Rows ``{model, seconds_audio, seconds, peak_mib}``, both models measured side by side."""
+        batch_size: int, activation_checkpointing: bool, models: list[str] | None = None,
+        warmup: int = 1) -> list[dict]:
+    """Rows ``{model, seconds_audio, batch_size, seconds, min_seconds, spread_seconds, peak_mib,
+    saved_mib, state_mib, det_mib[, cuda_max_allocated_mib]}`` per utterance length, the models
+    side by side (``det_mib = saved_mib + state_mib``)."""
+    models = models or ["SummaryMixing", "MHSA"]
+    frontend = build_w2v2_encoder("SummaryMixing", size).frontend
     rows = []
     for seconds in seconds_list:
         torch.manual_seed(0)
         np.random.seed(0)
-        steps = {
-            name: pretrain_step(kind, size, seconds, batch_size, device, activation_checkpointing)
-            for name, kind in MODELS.items()
-        }
-        result = measure_side_by_side(steps, device, repeats)
-        for name in MODELS:
-            rows.append({"model": name, "seconds_audio": seconds,
-                         "seconds": result[name]["seconds"],
-                         "peak_mib": result[name]["peak_bytes"] / 2**20})
+        batch = random_batch(seconds, batch_size, frontend)
+        result = measure_batch(models, size, batch, device, repeats, warmup,
+                               activation_checkpointing)
+        rows += [_row(name, seconds, batch_size, result[name]) for name in models]
         logger.info("%s s done", seconds)
     return rows
 
 
+def run_paper_batch(size: str, device: torch.device, repeats: int, activation_checkpointing: bool,
+                    models: list[str], warmup: int = 1,
+                    max_batch_seconds: float = PAPER_BATCH_SECONDS,
+                    durations_range: tuple[float, float] = PAPER_DURATIONS) -> list[dict]:
+    """Rows as :func:`run` for one paper-like batch (:func:`paper_batch`); ``seconds_audio`` is
+    the total unpadded audio in the batch."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    frontend = build_w2v2_encoder("SummaryMixing", size).frontend
+    batch = paper_batch(frontend, max_batch_seconds, durations_range)
+    wavs, wav_lens, _ = batch
+    audio = round(float(wav_lens.sum()) * wavs.shape[1] / 16000, 1)
+    logger.info("paper batch: %d utterances, %.1f s of audio, padded to %.1f s",
+                wavs.shape[0], audio, wavs.shape[1] / 16000)
+    result = measure_batch(models, size, batch, device, repeats, warmup, activation_checkpointing)
+    return [_row(name, audio, wavs.shape[0], result[name]) for name in models]
+
+
 def ratios(rows: list[dict]) -> list[str]:
-    """``SummaryMixing / MHSA`` time and memory ratios per utterance length."""
+    """``SummaryMixing / other`` time and memory ratios per utterance length, with "within
+    noise" where the difference of the median times is smaller than the larger spread.
+
+    Example
+    -------
+    >>> rows = [{"model": m, "seconds_audio": 5, "seconds": s, "spread_seconds": 0.2,
+    ...          "peak_mib": 10.0, "det_mib": d} for m, s, d in
+    ...         (("SummaryMixing", 1.0, 50.0), ("MHSA", 1.1, 100.0))]
+    >>> print(*ratios(rows)[0].split(", "), sep="\\n")
+    5 s: SummaryMixing/MHSA time 0.91x (within noise)
+    deterministic memory 0.50x
+    peak memory 1.00x
+    """
     lines = []
     for seconds in dict.fromkeys(row["seconds_audio"] for row in rows):
-        pair = {row["model"]: row for row in rows if row["seconds_audio"] == seconds}
-        time_ratio = pair["SummaryMixing"]["seconds"] / pair["MHSA"]["seconds"]
-        memory_ratio = pair["SummaryMixing"]["peak_mib"] / pair["MHSA"]["peak_mib"]
-        lines.append(f"{seconds:g} s: SummaryMixing/MHSA time {time_ratio:.2f}x, "
-                     f"peak memory {memory_ratio:.2f}x")
+        group = {row["model"]: row for row in rows if row["seconds_audio"] == seconds}
+        if "SummaryMixing" not in group:
+            continue
+        ours = group["SummaryMixing"]
+        for name, other in group.items():
+            if name == "SummaryMixing":
+                continue
+            noisy = abs(ours["seconds"] - other["seconds"]) < max(
+                ours["spread_seconds"], other["spread_seconds"])
+            lines.append(
+                f"{seconds:g} s: SummaryMixing/{name} time "
+                f"{ours['seconds'] / other['seconds']:.2f}x{' (within noise)' if noisy else ''}, "
+                f"deterministic memory {ours['det_mib'] / other['det_mib']:.2f}x, "
+                f"peak memory {ours['peak_mib'] / other['peak_mib']:.2f}x")
     return lines
 
 
@@ -144,25 +325,47 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--size", choices=sorted(SIZES), default=None,
                         help="model size (default: paper on CUDA, small on CPU)")
-    parser.add_argument("--seconds", type=float, nargs="+", default=[5, 10, 20, 30])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS),
+                        default=["SummaryMixing", "MHSA"])
+    parser.add_argument("--seconds", type=float, nargs="+", default=None,
+                        help="utterance lengths (default 5 10 20 30; --quick: 5)")
+    parser.add_argument("--batch", choices=["paper"], default=None,
+                        help="paper: one dynamic batch of 10-20.2 s segments instead of --seconds")
+    parser.add_argument("--max-batch-seconds", type=float, default=PAPER_BATCH_SECONDS,
+                        help="audio per paper-like batch")
+    parser.add_argument("--segment-seconds", type=float, nargs=2, default=list(PAPER_DURATIONS),
+                        metavar=("LOW", "HIGH"), help="segment durations of the paper-like batch")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="a first look: 5 s only (or a 45 s paper batch), 2 timed steps")
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     size = args.size or ("paper" if device.type == "cuda" else "small")
+    repeats = 2 if args.quick else args.repeats
     if device.type == "cpu":
         pin_cpu_allocator()
-    rows = run(size, args.seconds, device, args.repeats, args.batch_size,
-               args.activation_checkpointing)
     suffix = "_ckpt" if args.activation_checkpointing else ""
-    stem = args.out / f"pretrain_{device.type}_{size}{suffix}"
+    if args.batch == "paper":
+        max_batch_seconds = 45.0 if args.quick else args.max_batch_seconds
+        rows = run_paper_batch(size, device, repeats, args.activation_checkpointing, args.models,
+                               args.warmup, max_batch_seconds, tuple(args.segment_seconds))
+        stem = args.out / f"pretrain_{device.type}_{size}_paperbatch{suffix}"
+        title = (f"w2v2 pre-training step ({size}{suffix}), paper-like batch of "
+                 f"{rows[0]['batch_size']} segments, {device.type}")
+    else:
+        seconds_list = args.seconds or ([5.0] if args.quick else [5.0, 10.0, 20.0, 30.0])
+        rows = run(size, seconds_list, device, repeats, args.batch_size,
+                   args.activation_checkpointing, args.models, args.warmup)
+        stem = args.out / f"pretrain_{device.type}_{size}{suffix}"
+        title = f"w2v2 pre-training step ({size}{suffix}), batch {args.batch_size}, {device.type}"
     write_csv(rows, stem.with_suffix(".csv"))
-    title = f"w2v2 pre-training step ({size}{suffix}), batch {args.batch_size}, {device.type}"
-    plot_time_and_memory(rows, "seconds_audio", "utterance length (s)", title,
-                         stem.with_suffix(".png"))
-    print(f"\n## {title}\n")
-    print(format_table(rows, ["model", "seconds_audio", "seconds", "peak_mib"]))
+    plot_time_and_memory(rows, "seconds_audio", "audio per batch (s)", title,
+                         stem.with_suffix(".png"), memory_keys=("det_mib", "peak_mib"))
+    print(f"\n## {title} ({repeats} timed steps after {args.warmup} warm-up)\n")
+    print(format_table(rows, list(rows[0])))
     print("\n".join(["", *ratios(rows)]))
     print(f"\nwrote {stem}.csv and {stem}.png")
