@@ -120,10 +120,11 @@ class GroupedLinear(nn.Module):
             nn.init.uniform_(self.bias, -bias_bound, bias_bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Project ``x`` of shape ``(..., in_features)`` to ``(..., out_features)``."""
+        """Project ``x`` of shape ``(..., in_features)`` to ``(..., out_features)``, in the
+        matmul's dtype (the autocast dtype under ``torch.autocast``: the bias is cast to it)."""
         heads = x.unflatten(-1, (self.groups, -1))  # (..., G, in/G)
         out = torch.einsum("...gi,gio->...go", heads, self.weight).flatten(-2)  # (..., out)
-        return out if self.bias is None else out + self.bias
+        return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, groups={self.groups}"
@@ -516,8 +517,9 @@ def masked_mean(
     Returns
     -------
     torch.Tensor
-        ``(B, 1, S)`` without ``summary_weights``, else ``(B, T, S)``. A frame with no valid frame
-        to average gets zeros (the denominator is clamped to 1).
+        ``(B, 1, S)`` without ``summary_weights``, else ``(B, T, S)``, in ``frames``' dtype,
+        accumulated in float32 at least (half-precision sums over long utterances drift). A frame
+        with no valid frame to average gets zeros (the denominator is clamped to 1).
 
     Example
     -------
@@ -525,18 +527,22 @@ def masked_mean(
     >>> masked_mean(frames, torch.tensor([[False, False, True]]))
     tensor([[[2.]]])
     """
+    dtype = torch.promote_types(frames.dtype, torch.float32)  # accumulation dtype
+    values = frames
     if padding is not None:
-        frames = frames.masked_fill(padding.unsqueeze(-1), 0.0)  # (B, T, S)
-        valid = (~padding).unsqueeze(-1).to(frames.dtype)  # (B, T, 1)
+        values = frames.masked_fill(padding.unsqueeze(-1), 0.0)  # (B, T, S)
+        valid = (~padding).unsqueeze(-1).to(dtype)  # (B, T, 1)
     else:
-        valid = frames.new_ones(frames.shape[0], frames.shape[1], 1)
+        valid = frames.new_ones(frames.shape[0], frames.shape[1], 1, dtype=dtype)
     if summary_weights is None:
-        total = frames.sum(dim=1, keepdim=True)  # (B, 1, S)
+        total = values.sum(dim=1, keepdim=True, dtype=dtype)  # (B, 1, S)
         count = valid.sum(dim=1, keepdim=True)  # (B, 1, 1)
     else:
-        total = torch.matmul(summary_weights, frames)  # (B, T, S)
-        count = torch.matmul(summary_weights, valid)  # (B, T, 1)
-    return total / count.clamp(min=1.0)
+        with torch.autocast(frames.device.type, enabled=False):
+            weights = summary_weights.to(dtype)
+            total = torch.matmul(weights, values.to(dtype))  # (B, T, S)
+            count = torch.matmul(weights, valid)  # (B, T, 1)
+    return (total / count.clamp(min=1.0)).to(frames.dtype)
 
 
 def accumulation_dtype(frames: torch.Tensor) -> torch.dtype:

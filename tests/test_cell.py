@@ -9,7 +9,7 @@ from speechbrain.nnet.activations import Swish
 from torch import nn
 
 from summarymixing import MODES, SummaryMixing
-from summarymixing.cell import GroupedLinear
+from summarymixing.cell import GroupedLinear, masked_mean
 
 D_MODEL, NHEAD = 24, 4
 
@@ -443,3 +443,48 @@ def test_chunked_summaries_refuse_a_mask_as_well():
              dynchunktrain_config=DynChunkTrainConfig(2))
     with pytest.raises(ValueError, match="left_context_size >= 0"):
         cell(x, dynchunktrain_config=DynChunkTrainConfig(2, -1))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_branches_stay_in_the_autocast_dtype(mode):
+    # Several heads (GroupedLinear): the fp32 bias must not promote the branches back to fp32.
+    torch.manual_seed(0)
+    cell = SummaryMixing(d_model=32, nhead=4, mode=mode).eval()
+    x = torch.randn(2, 40, 32)
+    with torch.no_grad():
+        reference = cell._branches(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            branches = cell._branches(x)
+            output, _ = cell(x)
+    for low, full in zip(branches, reference, strict=True):
+        if full is None:
+            continue
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), full, rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(output.float(), cell(x)[0].detach(), rtol=5e-2, atol=5e-2)
+
+
+def test_grouped_linear_keeps_the_autocast_dtype_and_trains_its_fp32_bias():
+    layer = GroupedLinear(8, 8, groups=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(torch.randn(3, 8))
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert layer.bias.dtype == torch.float32 and layer.bias.grad is not None
+
+
+@pytest.mark.parametrize(("time", "weighted"), [(16455, False), (3000, True)])
+def test_masked_mean_accumulates_in_fp32(time, weighted):
+    # bf16 frames of 1.25 .. 1.75: a bf16 total and count (thousands; 16448 valid frames is
+    # halfway between two bf16 numbers) keep 8 bits and the mean comes out a bf16 step off;
+    # accumulated in fp32 it is exact to the rounding of the result (half a bf16 step, 2**-8 in
+    # [1, 2)).
+    torch.manual_seed(0)
+    frames = (1.25 + 0.5 * torch.rand(1, time, 64)).bfloat16()
+    padding = torch.zeros(1, time, dtype=torch.bool)
+    padding[:, -7:] = True
+    reference = frames[:, :-7].double().mean(dim=1, keepdim=True)  # (1, 1, 64)
+    weights = torch.ones(time, time, dtype=torch.bfloat16) if weighted else None
+    mean = masked_mean(frames, padding, weights)  # (1, 1 or T, 64)
+    assert mean.dtype == torch.bfloat16
+    assert bool(((mean.double() - reference).abs() <= 2.0**-8).all())

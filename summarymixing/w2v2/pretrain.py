@@ -1,9 +1,13 @@
 """wav2vec 2.0 pre-training pieces around ``W2V2Encoder``: the model with its quantiser, the
 masking collate function and the objective.
 
-The quantiser (``W2VTargetQuantiser``), span masking (``compute_mask`` through
-``w2v_mask_collate_fn``), negative sampling (``sample_negatives``) and the contrastive loss
-(``ContrastiveLoss``) are SpeechBrain's; this module composes them with the filterbank front end.
+The quantiser (``W2VTargetQuantiser``) and span masking (``compute_mask`` through
+``w2v_mask_collate_fn``) are SpeechBrain's; this module composes them with the filterbank front
+end. The contrastive loss is SpeechBrain's ``ContrastiveLoss`` on the negatives of its
+``sample_negatives`` (same random draw, same logits, same loss and gradients), computed without
+materialising the ``(num_negatives, B, M, final_dim)`` negatives: every masked frame is scored
+once against the targets its negatives are drawn from (a ``(B, M, M)`` similarity) and the
+sampled negatives' scores are gathered (``contrastive_logits``).
 """
 
 from __future__ import annotations
@@ -13,11 +17,8 @@ from functools import partial
 from typing import Any
 
 import torch
-from speechbrain.lobes.models.wav2vec import (
-    W2VTargetQuantiser,
-    sample_negatives,
-    w2v_mask_collate_fn,
-)
+import torch.nn.functional as F
+from speechbrain.lobes.models.wav2vec import W2VTargetQuantiser, w2v_mask_collate_fn
 from speechbrain.nnet.losses import ContrastiveLoss
 from torch import nn
 
@@ -165,6 +166,115 @@ def mask_collate_fn(
     )
 
 
+def sample_negative_indices(
+    batch: int, frames: int, num_negatives: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """The negatives SpeechBrain's ``sample_negatives`` draws, as indices: the same random draw
+    (one ``torch.randint`` of ``(B, M * N)`` on the CPU generator), without gathering targets.
+
+    ``sample_negatives`` draws, for frame ``t`` of row ``b``, an index ``j`` in ``0 .. M - 1``
+    other than ``t`` and takes the target at flat position ``b * (M - 1) + j`` of the ``(B * M,
+    F)`` targets: row ``b``'s window starts ``b`` frames before row ``b`` itself (for ``b > 0``
+    it reaches into the end of row ``b - 1`` and may hit frame ``t``'s own target, which
+    ``ContrastiveLoss`` then masks). ``contrastive_logits`` keeps exactly these semantics.
+
+    Arguments
+    ---------
+    batch : int
+        ``B``.
+    frames : int
+        ``M``, masked frames per row (>= 2).
+    num_negatives : int
+        ``N``.
+    device : torch.device, optional
+        Where to put the indices (drawn on the CPU, as SpeechBrain does).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, M, N)`` long, ``j`` in ``0 .. M - 1``, never ``t``: window positions.
+
+    Example
+    -------
+    >>> idx = sample_negative_indices(2, 5, 3)
+    >>> idx.shape, bool((idx != torch.arange(5).view(1, 5, 1)).all())
+    (torch.Size([2, 5, 3]), True)
+    """
+    if frames < 2:
+        raise ValueError(f"expected at least 2 masked frames per row, got {frames}")
+    with torch.no_grad():
+        own = torch.arange(frames).unsqueeze(-1).expand(-1, num_negatives).flatten()  # (M * N,)
+        indices = torch.randint(low=0, high=frames - 1, size=(batch, frames * num_negatives))
+        indices[indices >= own] += 1  # skip the frame itself, uniform over the others
+    return indices.view(batch, frames, num_negatives).to(device)
+
+
+def _windows(rows: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+    """Row ``b``'s window of ``sample_negatives``: flat positions ``b * (M - 1) .. b * (M - 1)
+    + M - 1`` of ``rows`` ``(B * M, ...)``, as a view ``(B, ..., M)`` (``unfold``, whose backward
+    adds the gradients of the overlapping frames)."""
+    return rows.unfold(0, frames, frames - 1)[:batch]
+
+
+def contrastive_logits(
+    embeddings: torch.Tensor, targets: torch.Tensor, neg_indices: torch.Tensor,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Cosine similarities of every masked frame's embedding with its target and its sampled
+    negatives, as SpeechBrain's ``ContrastiveLoss`` computes them from ``sample_negatives``
+    (fp32, ``-inf`` where a negative equals the target, cast back to the embeddings' dtype),
+    without materialising the negatives: each frame is scored once against its whole window of
+    targets (``(B, M, M)``) and the sampled scores are gathered.
+
+    Arguments
+    ---------
+    embeddings : torch.Tensor
+        ``(B, M, F)`` predictions at the masked frames.
+    targets : torch.Tensor
+        ``(B, M, F)`` quantised targets.
+    neg_indices : torch.Tensor
+        ``(B, M, N)`` window positions from ``sample_negative_indices``.
+    eps : float
+        Smallest norm (as ``torch.cosine_similarity``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, M, 1 + N)``: the target's similarity first, then the negatives'.
+
+    Example
+    -------
+    >>> y = torch.randn(2, 6, 4)
+    >>> logits = contrastive_logits(y, y, sample_negative_indices(2, 6, 3))
+    >>> logits.shape, torch.allclose(logits[..., 0], torch.ones(2, 6))
+    (torch.Size([2, 6, 4]), True)
+    """
+    batch, frames, size = targets.shape
+    if embeddings.shape != targets.shape or neg_indices.shape[:2] != (batch, frames):
+        raise ValueError(
+            f"expected embeddings and targets (B, M, F) and neg_indices (B, M, N) alike, got "
+            f"{tuple(embeddings.shape)}, {tuple(targets.shape)}, {tuple(neg_indices.shape)}"
+        )
+    with torch.autocast(embeddings.device.type, enabled=False):
+        x = embeddings.float()
+        y = targets.float()
+        x = x / x.norm(dim=-1, keepdim=True).clamp_min(eps)  # (B, M, F) unit rows
+        y = y / y.norm(dim=-1, keepdim=True).clamp_min(eps)
+        positive = (x * y).sum(dim=-1, keepdim=True)  # (B, M, 1)
+        windows = _windows(y.reshape(batch * frames, size), batch, frames)  # (B, F, M)
+        scores = torch.bmm(x, windows)  # (B, M, M): frame t against window position j
+        negative = scores.gather(2, neg_indices)  # (B, M, N)
+        logits = torch.cat([positive, negative], dim=-1).type_as(embeddings)
+    with torch.no_grad():
+        # Negatives equal (in value, as SpeechBrain compares) to the target: ids of the
+        # distinct target vectors.
+        ids = torch.unique(targets.reshape(batch * frames, size), dim=0, return_inverse=True)[1]
+        window_ids = _windows(ids, batch, frames)  # (B, M)
+        neg_ids = window_ids.gather(1, neg_indices.flatten(1)).view_as(neg_indices)
+        neg_is_pos = neg_ids == ids.view(batch, frames, 1)  # (B, M, N)
+    return logits.masked_fill(F.pad(neg_is_pos, (1, 0)), float("-inf"))
+
+
 def w2v2_objectives(
     outputs: dict[str, Any],
     loss_fn: ContrastiveLoss,
@@ -173,9 +283,25 @@ def w2v2_objectives(
 ) -> dict[str, torch.Tensor]:
     """Contrastive loss against ``num_negatives`` distractors plus the weighted diversity loss.
 
+    The contrastive loss is SpeechBrain's ``ContrastiveLoss`` (its ``logit_temp``) on the
+    negatives its ``sample_negatives`` draws, computed by ``contrastive_logits`` without
+    materialising them (same random draw, loss and gradients).
+
     As in wav2vec 2.0 (and SpeechBrain's recipe), the contrastive loss is summed over masked
     frames and the diversity loss is scaled by their number, so ``loss`` is a sum;
     ``contrastive_per_frame`` is the mean for logging.
+
+    Arguments
+    ---------
+    outputs : dict
+        ``W2V2Pretrainer``'s outputs: ``embeddings`` and ``targets`` ``(B, M, F)``,
+        ``num_masked``, ``diversity_loss``, ``code_perplex``, ``prob_perplex``.
+    loss_fn : ContrastiveLoss
+        SpeechBrain's loss; its ``logit_temp`` divides the cosine similarities.
+    num_negatives : int
+        Distractors per masked frame.
+    diversity_loss_weight : float
+        Weight of the diversity loss.
 
     Returns
     -------
@@ -194,8 +320,12 @@ def w2v2_objectives(
     (True, True)
     """
     targets = outputs["targets"]
-    negatives = sample_negatives(targets, num_negatives)  # (N, B, M, F)
-    contrastive, accuracy = loss_fn(outputs["embeddings"], targets, negatives)
+    batch, frames, _ = targets.shape
+    neg_indices = sample_negative_indices(batch, frames, num_negatives, targets.device)
+    logits = contrastive_logits(outputs["embeddings"], targets, neg_indices).flatten(0, 1)
+    true_class = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    contrastive = F.cross_entropy(logits / loss_fn.logit_temp, true_class, reduction="sum")
+    accuracy = (logits.argmax(dim=-1) == 0).float().mean()
     num_masked = outputs["num_masked"].to(contrastive.dtype)
     diversity = outputs["diversity_loss"]
     return {
