@@ -7,7 +7,8 @@
   last, records the same options and the same corpus listing (:func:`corpus_listing`: relative
   paths, sizes and modification times of the files read); otherwise the manifests are rebuilt.
 * :func:`list_files`: corpus files matching a pattern, without macOS ``._*`` companion files.
-* :func:`write_csv` / :func:`write_text`: atomic writes (temporary file + ``os.replace``).
+* :func:`write_csv` (and ``data_prep.files.atomic_write_text``): atomic writes (temporary file
+  + ``os.replace``).
 * :func:`parallel_map`: a progress-barred map, in spawned worker processes for large corpora
   (:mod:`data_prep.audio_files` reads audio lengths and verifies the audio with it).
 """
@@ -204,27 +205,6 @@ def write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[Map
     return len(rows)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Atomically write a text file.
-
-    Arguments
-    ---------
-    path : str or PathLike
-        The file to write.
-    text : str
-        Its whole content (UTF-8).
-
-    Example
-    -------
-    >>> import tempfile, os
-    >>> out = os.path.join(tempfile.mkdtemp(), "t.txt")
-    >>> write_text(out, "hello\\n")
-    >>> open(out).read()
-    'hello\\n'
-    """
-    atomic_write_text(path, text)
-
-
 def list_files(folder: str | os.PathLike, pattern: str) -> list[Path]:
     """The files under ``folder`` matching the glob ``pattern``, sorted, without macOS ``._*``
     companion files (their count is logged).
@@ -352,7 +332,7 @@ def run_once(
     -------
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
-    >>> build = lambda f: write_text(f / "out.txt", "x")
+    >>> build = lambda f: atomic_write_text(f / "out.txt", "x")
     >>> run_once(folder, {"a": 1}, ["out.txt"], build)
     True
     >>> run_once(folder, {"a": 1}, ["out.txt"], build)
@@ -392,7 +372,7 @@ def run_once(
         (folder / (name + PARTIAL_SUFFIX)).unlink(missing_ok=True)
     build(folder)
     done = {**wanted, "verified_audio": verify_audio}
-    write_text(marker, json.dumps(done, sort_keys=True, indent=1) + "\n")
+    atomic_write_text(marker, json.dumps(done, sort_keys=True, indent=1) + "\n")
     return True
 
 

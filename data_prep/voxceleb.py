@@ -36,8 +36,8 @@ from data_prep.common import (
     utf8_lines,
     where,
     write_csv,
-    write_text,
 )
+from data_prep.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def prepare_voxceleb(
                                "VoxCeleb", num_workers)
         for name, chunk_rows in rows.items():
             write_csv(out / f"{name}.csv", FIELDS, chunk_rows)
-        write_text(out / "trials.txt", trial_path.read_text(encoding="utf-8"))
+        atomic_write_text(out / "trials.txt", trial_path.read_text(encoding="utf-8"))
 
     run_once(save_folder, options, OUTPUTS, build, listing, verify_audio)
 

@@ -236,17 +236,15 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
 
 
 def load_export(folder: Path, expected_arch: Mapping[str, Any] | None = None) -> W2V2Encoder:
-    """The encoder of an export folder, its weights loaded by SpeechBrain's ``Pretrainer``."""
+    """The encoder of an export folder (built by its ``hyperparams.yaml``, the weights of
+    ``encoder.ckpt`` read once, as its ``Pretrainer`` would)."""
     hparams_file = folder / HPARAMS_FILE
     with open(hparams_file, encoding="utf-8") as stream:
         hparams = load_hyperpyyaml(stream)
     encoder = hparams["encoder"]
     if expected_arch is not None:
         check_architecture(expected_arch, describe(encoder), str(hparams_file))
-    load_weights(folder / WEIGHTS_FILE)  # a readable state dict, or an error naming the file
-    pretrainer = hparams["pretrainer"]
-    pretrainer.collect_files(default_source=str(folder))
-    pretrainer.load_collected()
+    encoder.load_state_dict(load_weights(folder / WEIGHTS_FILE))  # read once; errors name it
     return encoder
 
 

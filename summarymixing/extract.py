@@ -185,7 +185,9 @@ def extract(
             chosen = hidden if layers is None else [hidden[i] for i in layers]
             array = torch.stack([h[0] for h in chosen]).float().cpu().numpy()
             save_array(array.astype(DTYPES[dtype]), path)
-        frames = int(np.load(path, mmap_mode="r", allow_pickle=False).shape[1])
+            frames = array.shape[1]
+        else:  # done by an earlier run
+            frames = int(np.load(path, mmap_mode="r", allow_pickle=False).shape[1])
         rows.append({"ID": utterance.id, "path": str(path.relative_to(out)), "frames": frames})
     if not failures:
         write_csv(out / "features.csv", ["ID", "path", "frames"], rows)
