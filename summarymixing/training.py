@@ -137,7 +137,12 @@ class GuardedBrain(sb.Brain):
     Subclasses that override ``on_fit_batch_start`` call ``super()``: it records the utterance
     ids named by :class:`NonFiniteLossError`. After each ``optimizers_step``, ``step_applied``
     says whether the weights were updated and ``grad_norm`` holds the total gradient norm (before
-    clipping).
+    clipping) as a 0-d tensor on the device (read it only when logging: reading it waits for the
+    device).
+
+    The step reads the device once, for its decision (skip or apply): the losses' and the
+    gradients' finiteness are accumulated on the device and read together (under fp16 the
+    GradScaler's own read and its scale after the step, which says whether it skipped it).
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -151,8 +156,8 @@ class GuardedBrain(sb.Brain):
             self.skip_nonfinite_grads = False  # SpeechBrain's per-tensor check: redundant
         self.nonfinite_count = 0
         self.step_applied = False
-        self.grad_norm = float("nan")
-        self._loss_not_finite = False
+        self.grad_norm = torch.tensor(float("nan"))
+        self._losses_finite: torch.Tensor | None = None
         self._group_ids: list[str] = []
 
     # ------------------------------------------------------------------ run and epochs
@@ -243,16 +248,19 @@ class GuardedBrain(sb.Brain):
         self._group_ids.extend(batch_ids(batch))
 
     def check_loss_isfinite(self, loss: torch.Tensor) -> None:
-        """Mark the accumulation group when a loss is not finite (counted in
-        :meth:`optimizers_step`, once per skipped step, on every rank)."""
-        if not torch.isfinite(loss.detach()).all():
-            self._loss_not_finite = True
+        """Note on the device whether the losses of the accumulation group are finite (read,
+        skipped and counted in :meth:`optimizers_step`, once per skipped step, on every rank):
+        no host read here, before the backward pass is queued."""
+        finite = torch.isfinite(loss.detach()).all()
+        if self._losses_finite is not None:
+            finite = finite & self._losses_finite
+        self._losses_finite = finite
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """SpeechBrain's (start and end of an epoch), and forget the accumulation group: a
         group an epoch leaves unfinished must not mark the next epoch's first step."""
         super().zero_grad(set_to_none)
-        self._loss_not_finite, self._group_ids = False, []
+        self._losses_finite, self._group_ids = None, []
 
     def _active_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self.optimizers_dict is not None:
@@ -266,27 +274,33 @@ class GuardedBrain(sb.Brain):
             p.grad for opt in self._active_optimizers().values()
             for group in opt.param_groups for p in group["params"] if p.grad is not None
         ]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        norm = (torch.nn.utils.get_total_norm(grads) if grads
+                else torch.zeros((), device=self.device))
+        scaled = self.scaler.is_enabled()
         # With fp16 an overflowing gradient is the GradScaler's to skip (it lowers its scale).
-        bad_grads = not self.scaler.is_enabled() and not bool(torch.isfinite(norm))
-        bad = torch.tensor(float(self._loss_not_finite or bad_grads), device=self.device)
+        bad_here = torch.zeros((), dtype=torch.bool, device=norm.device)
+        if self._losses_finite is not None:
+            bad_here = ~self._losses_finite.to(norm.device)
+        if not scaled:
+            bad_here = bad_here | ~torch.isfinite(norm)
+        bad = bad_here.float()
         if is_distributed_initialized():
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        here, ids = self._loss_not_finite or bad_grads, self._group_ids
-        self._loss_not_finite, self._group_ids = False, []
+        ids = self._group_ids
+        self._losses_finite, self._group_ids = None, []
         self.step_applied = False
-        if bool(bad):
+        if bool(bad):  # the step's one read of the device: a decision
             self._drop_gradients()
-            self._count_nonfinite(ids, here)
+            self._count_nonfinite(ids, bool(bad_here))
             return
+        scale = self.scaler.get_scale() if scaled else 1.0
         steps = self.optimizer_step
         super().optimizers_step()
-        if self.scaler.is_enabled() and self.scaler.get_scale() < scale:
+        if scaled and self.scaler.get_scale() < scale:
             self.optimizer_step = steps  # the GradScaler skipped an overflowing step
             return
         self.step_applied = self.optimizer_step > steps
-        self.grad_norm = float(norm) / scale
+        self.grad_norm = norm.detach() / scale
 
     def _drop_gradients(self) -> None:
         params = list(self.modules.parameters())
@@ -460,7 +474,7 @@ class RobustBrain(GuardedBrain):
         now = time.perf_counter()
         stats = {"loss": float(loss.detach()), **self.extra_step_stats()}
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
-        stats["grad_norm"] = self.grad_norm
+        stats["grad_norm"] = float(self.grad_norm)
         stats["seconds_per_step"] = (now - self._last_log_time) / self.hparams.log_interval
         if torch.cuda.is_available() and self.device_type == "cuda":
             stats["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -7,7 +7,9 @@ from speechbrain.lobes.models.wav2vec import sample_negatives
 from speechbrain.nnet.losses import ContrastiveLoss
 
 from summarymixing.w2v2.pretrain import (
+    _exact_keys,
     contrastive_logits,
+    masked_frames_per_row,
     sample_negative_indices,
     w2v2_objectives,
 )
@@ -80,3 +82,25 @@ def test_negatives_equal_to_the_target_are_masked():
 def test_sample_negative_indices_rejects_one_frame():
     with pytest.raises(ValueError, match="at least 2 masked frames"):
         sample_negative_indices(1, 1, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_exact_keys_equal_exactly_for_equal_rows(dtype):
+    generator = torch.Generator().manual_seed(0)
+    distinct = torch.randn(50, 16, generator=generator).to(dtype)
+    rows = torch.cat([distinct, distinct[:10], -distinct[:5] * 0.0, distinct[:5] * 0.0])
+    keys = _exact_keys(rows)
+    assert len(set(keys[:50].tolist())) == 50  # distinct rows, distinct keys
+    assert torch.equal(keys[50:60], keys[:10])  # the repeated rows
+    assert torch.equal(keys[60:65], keys[65:70])  # -0.0 == 0.0, as == compares floats
+    nudged = distinct.clone()
+    nudged[:, 3] = torch.nextafter(nudged[:, 3], torch.full_like(nudged[:, 3], 10.0))
+    assert not (_exact_keys(nudged) == keys[:50]).any()  # one ulp in one element differs
+
+
+def test_masked_frames_per_row_needs_the_same_count_of_at_least_two():
+    assert masked_frames_per_row(torch.tensor([[1, 1, 0], [0, 1, 1]]).bool()) == 2
+    with pytest.raises(ValueError, match=r"same number \(>= 2\).*\[2, 1\]"):
+        masked_frames_per_row(torch.tensor([[1, 1, 0], [0, 0, 1]]).bool())
+    with pytest.raises(ValueError, match=r"got \[1, 1\]"):
+        masked_frames_per_row(torch.tensor([[1, 0], [0, 1]]).bool())

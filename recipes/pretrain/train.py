@@ -50,9 +50,11 @@ class W2V2Brain(RobustBrain):
     warm-up/cool-down learning rate and Gumbel temperature following the optimizer step."""
 
     def compute_forward(self, batch: tuple, stage: sb.Stage) -> dict[str, Any]:
-        """Run ``W2V2Pretrainer`` on ``(wavs, wav_lens, mask)``."""
-        wavs, wav_lens, mask = (tensor.to(self.device) for tensor in batch)
-        return self.modules.model(wavs, wav_lens, mask)
+        """Run ``W2V2Pretrainer`` on ``(wavs, wav_lens, mask)``; the lengths and the mask stay on
+        the CPU, where the collate function made them: the model checks them there without
+        waiting for the device, and moves them without blocking."""
+        wavs, wav_lens, mask = batch
+        return self.modules.model(wavs.to(self.device, non_blocking=True), wav_lens, mask)
 
     def compute_objectives(
         self, predictions: dict[str, Any], batch: tuple, stage: sb.Stage

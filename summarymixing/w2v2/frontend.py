@@ -13,7 +13,7 @@ themselves (no sample rate or hop is hard-coded).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from speechbrain.lobes.features import Fbank
@@ -175,6 +175,9 @@ class FbankFrontEnd(RecordsArguments, nn.Module):
         batch, num_samples = wavs.shape
         if wav_lens is None:
             wav_lens = wavs.new_ones(batch)
+        # Lengths are computed where wav_lens lives: on the CPU (as the recipes pass them) the
+        # check below costs no wait for the device; elsewhere it is the one read of the step's
+        # front end, before any of its work is queued.
         samples = torch.round(wav_lens.double() * num_samples).long()
         needed = self.min_samples()
         if int(samples.min()) < needed:
@@ -182,9 +185,10 @@ class FbankFrontEnd(RecordsArguments, nn.Module):
                 f"expected every waveform to hold at least {needed} samples for the front end, "
                 f"got lengths {samples.tolist()}"
             )
+        samples = samples.to(wavs.device, non_blocking=True)
         with torch.no_grad():
             feats = self.fbank(wavs)  # (B, F, n_mels)
-            fbank_frames = self.fbank_lengths(samples).to(feats.device)
+            fbank_frames = self.fbank_lengths(samples)
             # Exact relative lengths so that the statistics cover exactly the valid frames.
             feats = self.normalize(feats, fbank_frames.to(feats.dtype) / feats.shape[1])
         latents = self.norm(self.cnn(feats))  # (B, T, C)
@@ -192,6 +196,24 @@ class FbankFrontEnd(RecordsArguments, nn.Module):
         positions = torch.arange(latents.shape[1], device=latents.device)
         padding_mask = positions.unsqueeze(0) >= frames.unsqueeze(1)  # (B, T)
         return latents, padding_mask
+
+    def _apply(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True
+    ) -> FbankFrontEnd:
+        """``Module.to`` / ``cuda`` / ...; SpeechBrain's ``Fbank`` keeps its STFT window and its
+        filters' frequencies as plain tensors, which ``to`` leaves on the CPU, so every call
+        would copy them to the device and wait for it: they follow the module's device here
+        (their dtype unchanged; they are not in the state dict)."""
+        super()._apply(fn, recurse)
+        device = next(self.cnn.parameters()).device
+        stft, filters = self.fbank.compute_STFT, self.fbank.compute_fbanks
+        stft.window = stft.window.to(device)
+        for name in ("all_freqs_mat", "f_central", "band"):
+            value = getattr(filters, name)
+            if not isinstance(value, nn.Parameter):
+                setattr(filters, name, value.to(device))
+        filters.device_inp = device  # where its filters' zero floor is made
+        return self
 
     def min_samples(self) -> int:
         """Smallest waveform length (in samples) that yields at least one latent frame.

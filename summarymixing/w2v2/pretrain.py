@@ -82,23 +82,45 @@ class W2V2Pretrainer(nn.Module):
             each row, ``num_masked``, and the quantiser's ``diversity_loss``, ``code_perplex``,
             ``prob_perplex``, ``num_vars``, ``temp``.
         """
+        masked_per_row = masked_frames_per_row(mask)  # read before any work is queued
+        mask = mask.to(wavs.device, non_blocking=True)
         latents, padding_mask = self.encoder.frontend(wavs, wav_lens)  # (B, T, C)
         if mask.shape != latents.shape[:2]:
             raise ValueError(
                 f"expected a mask of shape {tuple(latents.shape[:2])} (latent frames), "
                 f"got {tuple(mask.shape)}"
             )
-        per_row = mask.sum(dim=1)
-        if bool((per_row != per_row[0]).any()) or int(per_row[0]) < 2:
-            raise ValueError(
-                f"expected the same number (>= 2) of masked frames in every row, "
-                f"got {per_row.tolist()}"
-            )
-        batch = latents.shape[0]
+        # The masked frames' positions (B, M) in time order, without a data-dependent shape.
+        positions = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :masked_per_row]
         context = self.encoder.encode(latents, padding_mask, mask)[-1]  # (B, T, D)
-        embeddings = self.feat_proj(context[mask]).view(batch, -1, self.feat_proj.out_features)
-        targets, meta = self.quantiser(latents[mask].view(batch, -1, latents.shape[-1]))
+        embeddings = self.feat_proj(_gather_frames(context, positions))  # (B, M, final_dim)
+        targets, meta = self.quantiser(_gather_frames(latents, positions))
         return {"embeddings": embeddings, "targets": targets, "num_masked": mask.sum(), **meta}
+
+
+def masked_frames_per_row(mask: torch.Tensor) -> int:
+    """The number ``M`` of masked frames in every row of ``mask`` ``(B, T)``; fails unless all
+    rows hold the same number, at least 2 (what the contrastive objective needs).
+
+    This reads the mask's row counts on the host: one read of the device, cheap at the start
+    of a step (none when the mask is on the CPU, as the collate function makes it).
+
+    Example
+    -------
+    >>> masked_frames_per_row(torch.tensor([[True, True, False], [False, True, True]]))
+    2
+    """
+    per_row = mask.sum(dim=1).tolist()
+    if min(per_row) != max(per_row) or per_row[0] < 2:
+        raise ValueError(
+            f"expected the same number (>= 2) of masked frames in every row, got {per_row}"
+        )
+    return per_row[0]
+
+
+def _gather_frames(frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``frames`` ``(B, T, C)`` at ``positions`` ``(B, M)``: ``(B, M, C)``."""
+    return frames.gather(1, positions.unsqueeze(-1).expand(-1, -1, frames.shape[-1]))
 
 
 def min_maskable_frames(mask_prob: float, mask_length: int) -> int:
@@ -206,7 +228,11 @@ def sample_negative_indices(
         own = torch.arange(frames).unsqueeze(-1).expand(-1, num_negatives).flatten()  # (M * N,)
         indices = torch.randint(low=0, high=frames - 1, size=(batch, frames * num_negatives))
         indices[indices >= own] += 1  # skip the frame itself, uniform over the others
-    return indices.view(batch, frames, num_negatives).to(device)
+    indices = indices.view(batch, frames, num_negatives)
+    if device is not None and torch.device(device).type == "cuda":
+        # Through page-locked memory: the copy is queued, the host does not wait for the device.
+        return indices.pin_memory().to(device, non_blocking=True)
+    return indices.to(device)
 
 
 def _windows(rows: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
@@ -266,13 +292,27 @@ def contrastive_logits(
         negative = scores.gather(2, neg_indices)  # (B, M, N)
         logits = torch.cat([positive, negative], dim=-1).type_as(embeddings)
     with torch.no_grad():
-        # Negatives equal (in value, as SpeechBrain compares) to the target: ids of the
-        # distinct target vectors.
-        ids = torch.unique(targets.reshape(batch * frames, size), dim=0, return_inverse=True)[1]
-        window_ids = _windows(ids, batch, frames)  # (B, M)
-        neg_ids = window_ids.gather(1, neg_indices.flatten(1)).view_as(neg_indices)
-        neg_is_pos = neg_ids == ids.view(batch, frames, 1)  # (B, M, N)
+        # Negatives equal (in value, as SpeechBrain compares) to the target: compared through
+        # exact integer keys of the targets' bits (no data-dependent shape, no host read).
+        keys = _exact_keys(targets.reshape(batch * frames, size))  # (B * M,)
+        window_keys = _windows(keys, batch, frames)  # (B, M)
+        neg_keys = window_keys.gather(1, neg_indices.flatten(1)).view_as(neg_indices)
+        neg_is_pos = neg_keys == keys.view(batch, frames, 1)  # (B, M, N)
     return logits.masked_fill(F.pad(neg_is_pos, (1, 0)), float("-inf"))
+
+
+def _exact_keys(rows: torch.Tensor) -> torch.Tensor:
+    """An int64 key per row of ``rows`` ``(R, F)``: equal rows (as ``==`` compares floats, so
+    ``-0.0`` equals ``0.0``) get equal keys, whatever the reduction order, since the key is a
+    sum modulo 2**64 of each element's bits times a fixed odd multiplier; different rows share
+    a key with probability about 2**-60."""
+    bits = (rows + 0.0).contiguous()  # -0.0 + 0.0 = +0.0
+    integer = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[bits.element_size()]
+    values = bits.view(integer).long()  # (R, F)
+    generator = torch.Generator(values.device).manual_seed(0x5EED)  # drawn where the rows are
+    multipliers = torch.randint(-(2**62), 2**62, (values.shape[1],), generator=generator,
+                                device=values.device) * 2 + 1
+    return (values * multipliers).sum(dim=1)
 
 
 def w2v2_objectives(
