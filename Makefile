@@ -24,7 +24,7 @@ test: lint
 	$(PY) -m pytest
 
 benchmark: venv
-	$(PY) -m summarymixing.benchmark --device $(DEVICE)
+	$(PY) -m summarymixing.benchmark suite --device $(DEVICE)
 
 demo: venv
 	$(PY) recipes/demo/run.py hparams/demo/demo.yaml --device=$(DEVICE)

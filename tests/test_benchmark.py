@@ -12,7 +12,8 @@ from summarymixing.benchmark.measure import (
     saved_tensor_bytes,
     training_state_bytes,
 )
-from summarymixing.benchmark.pretrain import ratios
+from summarymixing.benchmark.pretrain import pretrain_step, random_batch, ratios
+from summarymixing.w2v2 import FbankFrontEnd
 
 
 def test_cell_and_encoder_benchmark_write_table_csv_and_png(tmp_path, capsys):
@@ -105,3 +106,28 @@ def test_ratios_flag_within_noise_only_when_a_spread_exceeds_the_difference():
     assert clear[1].startswith("20 s: SummaryMixing/SDPA time 0.89x, ")
     noisy = ratios(rows(0.15))  # > 0.1 (SDPA) but < 0.2 (MHSA)
     assert "(within noise)" not in noisy[0] and "(within noise)" in noisy[1]
+
+
+def test_stage_breakdown_accounts_for_every_saved_byte_and_stage():
+    torch.manual_seed(0)
+    batch = random_batch(2.0, 2, FbankFrontEnd(out_channels=[32, 32]))
+    step = pretrain_step("SummaryMixing", "tiny", batch, torch.device("cpu"))
+    stages = step.breakdown()
+    saved, _ = step.deterministic_bytes()  # the same shapes: the same bytes
+    assert sum(stage["saved_bytes"] for stage in stages.values()) == saved
+    assert stages["context encoder"]["saved_bytes"] > 0 and stages["quantiser"]["saved_bytes"] > 0
+    assert stages["backward"]["saved_bytes"] == 0
+    assert all(stage["seconds"] > 0 for stage in stages.values()), stages
+
+
+def test_pretrain_benchmark_in_bf16_writes_the_breakdown(tmp_path, capsys):
+    main(["pretrain", "--size", "tiny", "--seconds", "2", "--precision", "bf16", "--breakdown",
+          "--optimizer", "foreach", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "tiny, bf16, foreach AdamW" in printed
+    with open(tmp_path / "pretrain_cpu_tiny_bf16_foreach_stages.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert {row["stage"] for row in rows} == {
+        "front end", "context encoder", "quantiser", "masking, projections", "loss", "backward",
+        "optimizer"}
+    assert {row["model"] for row in rows} == {"SummaryMixing", "MHSA"}

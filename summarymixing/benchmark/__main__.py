@@ -12,6 +12,12 @@ measures them with Dynamic Chunk Training (streaming models), written as
 on utterances of given lengths or on a paper-like dynamic batch (360 s of 10-20.2 s segments),
 with interleaved timing (median, min, spread) and a deterministic memory figure (see
 ``summarymixing.benchmark.pretrain``).
+
+``python -m summarymixing.benchmark suite [--device cuda] [--quick]`` (``make benchmark
+DEVICE=...``) runs every table: cell and encoder, then the pre-training step on the paper-like
+batch (SummaryMixing, MHSA, SDPA; fp16 on CUDA, fp32 on the CPU; with the per-stage breakdown and,
+on CUDA, the synchronisation audit), the same with activation checkpointing, and the growth with
+utterance length (5 to 60 s). Model size: paper on CUDA, small on the CPU.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
 
         pretrain.main(argv[1:])
         return
+    if argv[:1] == ["suite"]:
+        run_suite(argv[1:])
+        return
     arguments = parse_arguments(argv)
     device = torch.device(arguments.device)
     size = arguments.size or ("paper" if device.type == "cuda" else "small")
@@ -89,6 +98,27 @@ def main(argv: list[str] | None = None) -> None:
         print(format_table(rows, ["model", "frames", "seconds", "peak_mib"]))
         print("\n".join(["", *summarise(rows)]))
         print(f"\nwrote {stem}.csv and {stem}.png")
+
+
+def run_suite(argv: list[str]) -> None:
+    """Every table of the benchmark on one device (see the module docstring)."""
+    from summarymixing.benchmark import pretrain
+
+    parser = argparse.ArgumentParser(prog="python -m summarymixing.benchmark suite")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--quick", action="store_true", help="every table's --quick")
+    parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
+    arguments = parser.parse_args(argv)
+    cuda = torch.device(arguments.device).type == "cuda"
+    common = ["--device", arguments.device, "--out", str(arguments.out)]
+    common += ["--quick"] if arguments.quick else []
+    step = [*common, "--models", "SummaryMixing", "MHSA", "SDPA",
+            "--precision", "fp16" if cuda else "fp32"]
+    main(["all", *common])
+    pretrain.main([*step, "--batch", "paper", "--breakdown", *(["--sync-audit"] if cuda else [])])
+    pretrain.main([*step, "--batch", "paper", "--activation-checkpointing"])
+    pretrain.main([*step, "--seconds", *(["5", "10"] if arguments.quick else
+                                         ["5", "10", "20", "30", "60"])])
 
 
 if __name__ == "__main__":
