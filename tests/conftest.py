@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_prep.mini import build_mini_corpora
 
@@ -28,3 +29,13 @@ def mini_corpora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mini_corpora")
     build_mini_corpora(root, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole test module, its module-scoped fixtures included
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

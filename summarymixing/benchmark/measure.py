@@ -57,11 +57,11 @@ def peak_memory_of(step: Callable[[], None], device: torch.device) -> float:
     True
     """
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        wait_for(device)
         torch.cuda.reset_peak_memory_stats(device)
         start = torch.cuda.memory_allocated(device)
         step()
-        torch.cuda.synchronize(device)
+        wait_for(device)
         return float(torch.cuda.max_memory_allocated(device) - start)
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
@@ -73,6 +73,17 @@ def peak_memory_of(step: Callable[[], None], device: torch.device) -> float:
     return float(process_status_kib("VmHWM") - start_kib) * 1024
 
 
+def wait_for(device: torch.device) -> None:
+    """Block until the work queued on ``device`` has run (CUDA; the CPU runs it in line).
+
+    Example
+    -------
+    >>> wait_for(torch.device("cpu"))
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def seconds_of(step: Callable[[], None], device: torch.device) -> float:
     """Wall-clock seconds of one call of ``step`` (synchronised on CUDA).
 
@@ -81,12 +92,10 @@ def seconds_of(step: Callable[[], None], device: torch.device) -> float:
     >>> seconds_of(lambda: None, torch.device("cpu")) >= 0
     True
     """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    wait_for(device)
     start = time.perf_counter()
     step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    wait_for(device)
     return time.perf_counter() - start
 
 

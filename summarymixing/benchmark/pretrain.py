@@ -24,8 +24,13 @@ audio, padded and masked by the recipe's collate function; the fullest batch is 
 
 ``python -m summarymixing.benchmark pretrain [--device cuda] [--size paper|small|tiny]
 [--models SummaryMixing MHSA SDPA] [--seconds 5 10 20 30 60 | --batch paper]
-[--repeats 5] [--warmup 1] [--activation-checkpointing] [--quick]`` prints a table and writes
-``<out>/pretrain_<device>_<size>[_paperbatch][_ckpt].csv`` and ``.png``.
+[--precision fp32|bf16|fp16] [--optimizer fused|foreach|forloop] [--repeats 5] [--warmup 1]
+[--activation-checkpointing] [--breakdown] [--sync-audit] [--quick]`` prints a table and writes
+``<out>/pretrain_<device>_<size>[_paperbatch][_<precision>][_<optimizer>][_ckpt].csv`` and
+``.png`` (precision and optimizer named when not fp32 / fused), with ``--breakdown`` also
+``..._stages.csv`` (seconds and bytes saved per stage of one step, see
+``PretrainStep.breakdown``) and with ``--sync-audit`` (CUDA) ``..._syncs.csv`` (where a step makes
+the host wait for the device, see ``PretrainStep.sync_audit``).
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ from summarymixing.benchmark.measure import (
     pin_cpu_allocator,
     plot_time_and_memory,
     saved_tensor_bytes,
+    seconds_of,
     training_state_bytes,
+    wait_for,
     write_csv,
 )
 from summarymixing.w2v2 import FbankFrontEnd, W2V2Encoder
@@ -254,7 +261,7 @@ class PretrainStep:
 
         def enter(name: str) -> Callable:
             def hook(*_: Any) -> None:
-                self._wait()
+                wait_for(self.device)
                 stage(name)
                 current.append(name)
                 started[name] = time.perf_counter()
@@ -262,7 +269,7 @@ class PretrainStep:
 
         def leave(name: str) -> Callable:
             def hook(*_: Any) -> None:
-                self._wait()
+                wait_for(self.device)
                 stage(name)["seconds"] += time.perf_counter() - started[name]
                 current.pop()
             return hook
@@ -282,10 +289,10 @@ class PretrainStep:
             module.register_forward_hook(leave(name)))]
         try:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-                self._wait()
+                wait_for(self.device)
                 start = time.perf_counter()
                 loss = self.forward_loss()
-                self._wait()
+                wait_for(self.device)
                 stage("loss")["seconds"] = time.perf_counter() - start
         finally:
             for handle in handles:
@@ -294,11 +301,8 @@ class PretrainStep:
             stages["masking, projections"]["seconds"] -= stages[inner]["seconds"]
         stages["loss"]["seconds"] -= sum(
             stages[name]["seconds"] for name in ["masking, projections", *FORWARD_STAGES])
-        for name, run in (("backward", lambda: self.backward(loss)), ("optimizer", self.update)):
-            start = time.perf_counter()
-            run()
-            self._wait()
-            stage(name)["seconds"] = time.perf_counter() - start
+        stage("backward")["seconds"] = seconds_of(lambda: self.backward(loss), self.device)
+        stage("optimizer")["seconds"] = seconds_of(self.update, self.device)
         return stages
 
     def sync_audit(self) -> Counter:
@@ -318,7 +322,7 @@ class PretrainStep:
             frame = (ours or stack)[-1]
             found[f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"] += 1
 
-        self._wait()
+        wait_for(self.device)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = record
@@ -328,10 +332,6 @@ class PretrainStep:
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         return found
-
-    def _wait(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
 
 def pretrain_step(
@@ -390,6 +390,12 @@ class Measured:
     rows: list[dict]
     stages: list[dict]
     syncs: list[dict]
+
+    def extend(self, other: Measured) -> None:
+        """Append ``other``'s rows of each kind."""
+        self.rows += other.rows
+        self.stages += other.stages
+        self.syncs += other.syncs
 
 
 def measure_batch(
@@ -451,10 +457,7 @@ def run(settings: Settings, seconds_list: list[float], batch_size: int,
         torch.manual_seed(0)
         np.random.seed(0)
         batch = random_batch(seconds, batch_size, frontend)
-        one = measure_batch(models, batch, settings, seconds * batch_size)
-        measured.rows += one.rows
-        measured.stages += one.stages
-        measured.syncs += one.syncs
+        measured.extend(measure_batch(models, batch, settings, seconds * batch_size))
         logger.info("%s s done", seconds)
     return measured
 
