@@ -140,9 +140,10 @@ class GuardedBrain(sb.Brain):
     clipping) as a 0-d tensor on the device (read it only when logging: reading it waits for the
     device).
 
-    The step reads the device once, for its decision (skip or apply): the losses' and the
-    gradients' finiteness are accumulated on the device and read together (under fp16 the
-    GradScaler's own read and its scale after the step, which says whether it skipped it).
+    The step reads the device once for its decision (skip or apply): the losses' and the
+    gradients' finiteness are accumulated on the device and read together. Under fp16 it also
+    reads the GradScaler's scale before and after the step (a lower scale: the GradScaler skipped
+    it), and the GradScaler reads its overflow flag unless the optimizer is a fused one.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
